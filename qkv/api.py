@@ -1,0 +1,113 @@
+"""Using a trained run from Python: ``qkv.load(RUN)`` and the methods the CLI verbs call."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qkv.checkpoint import load_model_tensors, load_weights, read_json
+from qkv.data import Vocab, encode_source, get_task
+from qkv.decode import beam_search, greedy
+from qkv.errors import QkvError
+from qkv.models import Transformer, build_transformer, count_parameters
+from qkv.train import RunConfig, evaluate
+
+__all__ = ["Seq2SeqRun", "load"]
+
+
+@dataclass
+class Seq2SeqRun:
+    """A trained encoder–decoder run: its model, tokenizers and config, with translate/evaluate/info."""
+
+    path: Path
+    config: RunConfig
+    model: Transformer
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        limit = self.config.model.max_len - 1
+        for i, text in enumerate(texts):
+            n = len(self.src_vocab.encode(text)) + 1
+            if n > self.config.model.max_len:
+                raise QkvError(
+                    f"input {i + 1} has {n - 1} tokens; this model reads at most {limit}: shorten it or split it"
+                )
+        return encode_source(texts, self.src_vocab)
+
+    @torch.no_grad()
+    def translate(
+        self,
+        texts: list[str] | str,
+        *,
+        beam: int = 1,
+        alpha: float = 0.6,
+        max_len: int | None = None,
+        batch_size: int = 64,
+    ) -> list[str]:
+        """Translate texts (greedy when ``beam`` is 1, else beam search); returns one string per text."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        self.model.eval()
+        out: list[str] = []
+        for i in range(0, len(texts), batch_size):
+            src = self._encode(texts[i : i + batch_size])
+            ids = dict(bos_id=self.tgt_vocab.bos_id, eos_id=self.tgt_vocab.eos_id, max_len=max_len)
+            if beam == 1:
+                hyps = greedy(self.model, src, **ids)
+            else:
+                hyps = [h[0] for h in beam_search(self.model, src, beam=beam, alpha=alpha, **ids)]
+            out.extend(self.tgt_vocab.decode(h.tokens) for h in hyps)
+        return out
+
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """Loss, token accuracy and exact match on the task's ``valid`` or ``test`` split."""
+        pairs = get_task(self.config.task).split(split)
+        return evaluate(self.model, pairs, self.src_vocab, self.tgt_vocab)
+
+    def info(self) -> dict[str, Any]:
+        """Config, parameter count, last metrics and summary."""
+        metrics = None
+        path = self.path / "metrics.jsonl"
+        if path.exists():
+            lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            if lines:
+                try:
+                    metrics = json.loads(lines[-1])
+                except json.JSONDecodeError:
+                    metrics = None
+        summary = read_json(self.path / "summary.json") if (self.path / "summary.json").exists() else None
+        return {
+            "run": str(self.path),
+            "parameters": count_parameters(self.model),
+            "config": self.config.to_dict(),
+            "last_metrics": metrics,
+            "summary": summary,
+        }
+
+
+def load(run: str | Path, *, device: str = "cpu") -> Seq2SeqRun:
+    """Load a run directory written by ``qkv train`` (read-only: nothing in it is changed)."""
+    path = Path(run)
+    if not path.is_dir():
+        raise QkvError(f"run directory {path} does not exist; train one with `qkv train --out {path}`")
+    data = read_json(path / "config.json")
+    if not isinstance(data, dict) or data.get("family") != "seq2seq":
+        raise QkvError(f"{path / 'config.json'} is not a qkv seq2seq run config")
+    try:
+        cfg = RunConfig.from_dict(data)
+    except (KeyError, TypeError) as e:
+        raise QkvError(f"{path / 'config.json'} is incomplete ({e}); restore it or train a new run") from None
+    vocabs = []
+    for name in ("src_vocab.json", "tgt_vocab.json"):
+        try:
+            vocabs.append(Vocab.from_dict(read_json(path / name)))
+        except (KeyError, TypeError):
+            raise QkvError(f"{path / name} is not a qkv vocabulary; restore it or train a new run") from None
+    model = build_transformer(cfg.model)
+    load_weights(model, load_model_tensors(path), str(path / "model.safetensors"))
+    model.to(device).eval()
+    return Seq2SeqRun(path, cfg, model, vocabs[0], vocabs[1])

@@ -1,0 +1,290 @@
+"""Attention, the core of the Transformer (Vaswani et al., 2017, section 3.2).
+
+Shape legend, used in every comment of this package:
+
+    B  batch size               T  query length (target side)
+    S  key/value length         H  number of heads (the paper's h)
+    D  per-head width (d_k)     d_model = H * D
+    V  vocabulary size
+
+Mask convention, the same everywhere in qkv and the same as torch's SDPA: a **boolean** tensor
+broadcastable to (..., T, S) where ``True`` means "this query may attend to this key". Masked scores
+are filled with ``torch.finfo(dtype).min``. A query whose whole row is masked gets zero weights and
+zero output (never NaN), and its gradients are finite.
+
+Two paths compute the same thing:
+
+* the **reference path** (:func:`attention_reference`) writes the equation out in plain tensor ops and
+  can return the attention weights;
+* the **fused path** calls :func:`torch.nn.functional.scaled_dot_product_attention`, which picks a
+  flash / memory-efficient kernel when it can. It cannot return weights.
+
+The selection rule is one line in :func:`scaled_dot_product_attention`: the fused path unless the
+caller asks for the weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "KVCache",
+    "MultiHeadAttention",
+    "attention_per_query",
+    "attention_reference",
+    "causal_mask",
+    "dot_product_attention",
+    "scaled_dot_product_attention",
+]
+
+
+def causal_mask(T: int, S: int | None = None, *, device: torch.device | None = None) -> Tensor:
+    """Boolean (T, S) mask, True where query t may see key s: s <= t + (S - T) (queries are the last T)."""
+    S = T if S is None else S
+    offset = S - T
+    t = torch.arange(T, device=device).unsqueeze(-1)  # (T, 1)
+    s = torch.arange(S, device=device).unsqueeze(0)  # (1, S)
+    return s <= t + offset  # (T, S)
+
+
+def _default_scale(q: Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+
+
+def attention_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    *,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Attention(Q, K, V) = softmax(scale · Q Kᵀ) V, written out; returns (output, weights).
+
+    q (..., T, D), k (..., S, D), v (..., S, D_v) -> output (..., T, D_v), weights (..., T, S).
+    ``scale=None`` is 1/√d_k. Fully masked query rows give zero weights and zero output.
+    """
+    scores = torch.matmul(q, k.transpose(-2, -1)) * _default_scale(q, scale)  # (..., T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1)  # (..., T, S)
+    if mask is not None:
+        # A fully masked row softmaxes to uniform over finfo.min scores; zero it instead.
+        weights = weights * mask.any(dim=-1, keepdim=True)
+    attn = F.dropout(weights, p=dropout_p) if dropout_p > 0.0 else weights
+    return torch.matmul(attn, v), weights  # (..., T, D_v), (..., T, S)
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    *,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    is_causal: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Scaled dot-product attention, softmax(Q Kᵀ / √d_k) V; returns (output, weights or None).
+
+    q (..., T, d_k), k (..., S, d_k), v (..., S, d_v). ``mask`` is boolean, True = may attend,
+    broadcastable to (..., T, S). ``scale=None`` means 1/√d_k; ``scale=1.0`` is plain dot-product
+    attention. ``is_causal=True`` adds the causal mask (queries are the last T of the S positions).
+    Weights are computed only when ``need_weights`` is set (reference path); otherwise torch's
+    fused kernel runs.
+    """
+    if is_causal:
+        cm = causal_mask(q.size(-2), k.size(-2), device=q.device)
+        if need_weights or mask is not None or q.size(-2) != k.size(-2):
+            mask = cm if mask is None else mask & cm
+            is_causal = False
+    if need_weights:
+        return attention_reference(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+    # Fused path. Rows with no visible key would give NaN in some kernels: let them see every key,
+    # then zero their output, which also keeps their gradients at exactly zero.
+    empty_rows = None
+    if mask is not None:
+        empty_rows = ~mask.any(dim=-1, keepdim=True)  # (..., T, 1)
+        mask = mask | empty_rows
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=_default_scale(q, scale)
+    )
+    if empty_rows is not None:
+        out = out.masked_fill(empty_rows, 0.0)
+    return out, None
+
+
+def dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, need_weights: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Unscaled dot-product attention, softmax(Q Kᵀ) V: the variant the paper warns saturates."""
+    return scaled_dot_product_attention(q, k, v, mask, scale=1.0, need_weights=need_weights)
+
+
+def attention_per_query(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    *,
+    scale: float | None = None,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention computed one query at a time (a loop over T), the form before the "query batch".
+
+    Same inputs and outputs as :func:`scaled_dot_product_attention`; kept to show, and measure, what
+    computing all queries as one matrix product buys.
+    """
+    T = q.size(-2)
+    full_mask = None
+    if mask is not None:
+        full_mask = mask.expand(*mask.shape[:-2], T, k.size(-2)) if mask.size(-2) == 1 else mask
+    outputs, rows = [], []
+    for t in range(T):
+        row_mask = None if full_mask is None else full_mask[..., t : t + 1, :]  # (..., 1, S)
+        out_t, w_t = attention_reference(q[..., t : t + 1, :], k, v, row_mask, scale=scale)
+        outputs.append(out_t)  # (..., 1, D_v)
+        rows.append(w_t)  # (..., 1, S)
+    output = torch.cat(outputs, dim=-2)  # (..., T, D_v)
+    return output, torch.cat(rows, dim=-2) if need_weights else None
+
+
+class KVCache:
+    """Keys and values of one attention module kept across decoding steps.
+
+    Lifecycle: create empty -> ``append`` new K/V each step (self-attention) or ``store`` them once
+    (cross-attention, ``static=True``) -> ``reorder`` rows when beams are re-ranked -> discard.
+    Buffers are preallocated to ``capacity`` positions and doubled when full.
+    """
+
+    def __init__(self, capacity: int = 64, *, static: bool = False) -> None:
+        self.capacity = capacity
+        self.static = static
+        self.length = 0
+        self._k: Tensor | None = None  # (B, H, capacity, D)
+        self._v: Tensor | None = None
+
+    @property
+    def filled(self) -> bool:
+        """True once a static cache holds its keys and values."""
+        return self._k is not None
+
+    @property
+    def k(self) -> Tensor:
+        """Cached keys, (B, H, length, D)."""
+        assert self._k is not None, "empty KVCache"
+        return self._k[:, :, : self.length]
+
+    @property
+    def v(self) -> Tensor:
+        """Cached values, (B, H, length, D)."""
+        assert self._v is not None, "empty KVCache"
+        return self._v[:, :, : self.length]
+
+    def store(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Keep K/V computed once (cross-attention memory); returns them."""
+        self._k, self._v, self.length = k, v, k.size(-2)
+        return k, v
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Add K/V of new positions (B, H, T_new, D); returns all cached K/V so far."""
+        new_len = self.length + k.size(-2)
+        if self._k is None or new_len > self._k.size(-2):
+            capacity = max(self.capacity, new_len)
+            while capacity < new_len:
+                capacity *= 2
+            self.capacity = capacity
+            bigger_k = k.new_empty(*k.shape[:-2], capacity, k.size(-1))  # (B, H, capacity, D)
+            bigger_v = v.new_empty(*v.shape[:-2], capacity, v.size(-1))
+            if self._k is not None:
+                bigger_k[:, :, : self.length] = self.k
+                bigger_v[:, :, : self.length] = self.v
+            self._k, self._v = bigger_k, bigger_v
+        assert self._v is not None
+        self._k[:, :, self.length : new_len] = k
+        self._v[:, :, self.length : new_len] = v
+        self.length = new_len
+        return self.k, self.v
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (beam search re-ranking or dropping finished rows)."""
+        if self._k is not None:
+            self._k = self._k.index_select(0, index)
+            self._v = self._v.index_select(0, index)  # type: ignore[union-attr]
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O, head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V).
+
+    One (3·d_model, d_model) input projection holds W^Q, W^K, W^V for all heads (the layout of
+    ``torch.nn.MultiheadAttention``): self-attention applies it as one fused matmul; cross-attention
+    applies its Q rows to the queries and its K/V rows to the memory.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        if d_model % num_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        self.d_model, self.h, self.d_k = d_model, num_heads, d_model // num_heads
+        self.dropout = dropout
+        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V]
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        B, L, _ = x.shape
+        return x.view(B, L, self.h, self.d_k).transpose(1, 2)  # (B, L, d_model) -> (B, H, L, D)
+
+    def _project(self, query: Tensor, memory: Tensor | None, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+        d = self.d_model
+        W, b = self.in_proj.weight, self.in_proj.bias
+        if memory is None:  # self-attention: one fused matmul
+            q, k, v = F.linear(query, W, b).split(d, dim=-1)  # 3 x (B, T, d_model)
+            k, v = self._split_heads(k), self._split_heads(v)
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, H, S, D) with S = cached + T
+            return self._split_heads(q), k, v
+        q = F.linear(query, W[:d], None if b is None else b[:d])  # (B, T, d_model)
+        if cache is not None and cache.filled:
+            return self._split_heads(q), cache.k, cache.v
+        k, v = F.linear(memory, W[d:], None if b is None else b[d:]).split(d, dim=-1)  # 2 x (B, S, d_model)
+        k, v = self._split_heads(k), self._split_heads(v)
+        if cache is not None:
+            cache.store(k, v)
+        return self._split_heads(q), k, v
+
+    def forward(
+        self,
+        query: Tensor,
+        memory: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query`` (B, T, d_model) to itself, or to ``memory`` (B, S, d_model).
+
+        ``mask`` is boolean, True = may attend, broadcastable to (B, H, T, S); ``is_causal`` adds the
+        causal mask. With a ``cache``, K/V of earlier steps are reused (self-attention) or the memory's
+        K/V are computed once (cross-attention). Returns (output (B, T, d_model), weights (B, H, T, S)
+        or None).
+        """
+        B, T, _ = query.shape
+        q, k, v = self._project(query, memory, cache)  # (B, H, T, D), (B, H, S, D), (B, H, S, D)
+        out, weights = scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
+            is_causal=is_causal,
+        )  # (B, H, T, D)
+        out = out.transpose(1, 2).reshape(B, T, self.d_model)  # (B, H, T, D) -> (B, T, d_model)
+        return self.out_proj(out), weights

@@ -1,0 +1,202 @@
+"""The run directory: everything needed to use or resume a model, in safetensors and JSON (no pickle).
+
+    RUN/
+      config.json                 model, training and data arguments (written once)
+      src_vocab.json, tgt_vocab.json   the tokenizers
+      model.safetensors           weights (tied weights stored once)
+      trainer_state.safetensors   optimizer moments and torch RNG state
+      trainer_state.json          step, data position, elapsed time
+      metrics.jsonl               one JSON object per evaluation
+      summary.json                final results
+
+A checkpoint is three files that must agree. They are written as ``*.tmp`` first; once all three are
+complete on disk a ``COMMIT`` journal file is written, then the renames happen, then the journal is
+removed. A process killed at any point leaves either the previous checkpoint (journal absent: stray
+``*.tmp`` files are deleted) or the new one (journal present: the renames are finished) — see
+:func:`recover`. Every other file is replaced atomically (write to a temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import load_file, save
+from torch import Tensor, nn
+
+from qkv.errors import QkvError
+
+__all__ = [
+    "CHECKPOINT_FILES",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "load_weights",
+    "read_json",
+    "recover",
+    "save_checkpoint",
+    "weights_to_save",
+]
+
+CONFIG = "config.json"
+MODEL = "model.safetensors"
+STATE_TENSORS = "trainer_state.safetensors"
+STATE_JSON = "trainer_state.json"
+CHECKPOINT_FILES = (MODEL, STATE_TENSORS, STATE_JSON)
+JOURNAL = "COMMIT"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a part."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    _write_durable(tmp, data)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file, turning a missing or corrupt file into a QkvError that names it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QkvError(f"{path} is missing: is this a qkv run directory?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise QkvError(f"{path} is corrupt ({e}); restore it or train a new run") from None
+
+
+def weights_to_save(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state dict with tied (shared) tensors kept once, contiguous, for safetensors."""
+    out: dict[str, Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = t.detach().contiguous().cpu()
+    return out
+
+
+def load_weights(model: nn.Module, tensors: dict[str, Tensor], source: str) -> None:
+    """Load ``tensors`` into ``model``; keys missing only because their weight is tied are fine."""
+    result = model.load_state_dict(tensors, strict=False)
+    expected = model.state_dict()
+    tied = {n for n in expected if n not in tensors and _is_alias(model, n, tensors)}
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {result.unexpected_keys[:3]}"
+        raise QkvError(f"{source} does not match the model in config.json ({what})")
+
+
+def _is_alias(model: nn.Module, name: str, present: dict[str, Tensor]) -> bool:
+    params = dict(model.named_parameters(remove_duplicate=False))
+    if name not in params:
+        return False
+    target = params[name]
+    return any(n in present for n, p in params.items() if p is target and n != name)
+
+
+def recover(run: Path) -> None:
+    """Finish or roll back a checkpoint write that a killed process left halfway."""
+    run = Path(run)
+    journal = run / JOURNAL
+    if journal.exists():  # all .tmp files were complete: finish the renames
+        for name in CHECKPOINT_FILES:
+            tmp = run / (name + ".tmp")
+            if tmp.exists():
+                os.replace(tmp, run / name)
+        _fsync_dir(run)
+        journal.unlink()
+    for name in CHECKPOINT_FILES:  # no journal: a write that never completed
+        (run / (name + ".tmp")).unlink(missing_ok=True)
+    for stray in run.glob("*.partial"):
+        stray.unlink()
+
+
+def save_checkpoint(
+    run: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> None:
+    """Write model weights, optimizer state, RNG states and ``state`` (JSON) as one atomic checkpoint."""
+    run = Path(run)
+    step = str(state["step"])
+    tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state()}
+    opt = optimizer.state_dict()
+    for idx, param_state in opt["state"].items():
+        for key, value in param_state.items():
+            tensors[f"optim.{idx}.{key}"] = value.detach().contiguous().cpu()
+    state = dict(state, param_groups=opt["param_groups"])
+    payloads = {
+        MODEL: save(weights_to_save(model), metadata={"step": step, "format": "pt"}),
+        STATE_TENSORS: save(tensors, metadata={"step": step}),
+        STATE_JSON: (json.dumps(state, indent=1) + "\n").encode(),
+    }
+    for name, data in payloads.items():
+        _write_durable(run / (name + ".tmp"), data)
+    _fsync_dir(run)
+    _write_durable(run / JOURNAL, step.encode())
+    _fsync_dir(run)
+    recover(run)
+
+
+def load_model_tensors(run: Path) -> dict[str, Tensor]:
+    """Read model.safetensors of a run, with a clear error if it is missing or corrupt."""
+    path = Path(run) / MODEL
+    if not path.exists():
+        raise QkvError(f"{path} is missing: the run has no saved weights yet")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise QkvError(f"{path} is corrupt ({e}); restore it or train a new run") from None
+
+
+def load_trainer_state(run: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore optimizer and torch RNG state; returns the JSON trainer state (step, data position…)."""
+    run = Path(run)
+    state = read_json(run / STATE_JSON)
+    try:
+        tensors = st_load((run / STATE_TENSORS).read_bytes())
+    except FileNotFoundError:
+        raise QkvError(f"{run / STATE_TENSORS} is missing: this run cannot be resumed") from None
+    except (SafetensorError, ValueError) as e:
+        raise QkvError(f"{run / STATE_TENSORS} is corrupt ({e}); this run cannot be resumed") from None
+    per_param: dict[int, dict[str, Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            per_param.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
+    torch.set_rng_state(tensors["rng.torch"])
+    return state

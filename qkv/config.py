@@ -1,0 +1,94 @@
+"""Helpers shared by qkv's config dataclasses: building from dicts, checking fields, parsing overrides.
+
+Every config is a dataclass whose ``__post_init__`` validates it; an invalid value raises
+:class:`~qkv.errors.QkvError` naming the field, so ``TransformerConfig(d_model=500, h=8)`` says which
+field to change and how.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, TypeVar
+
+from qkv.errors import QkvError
+
+__all__ = ["check", "config_from_dict", "config_to_dict", "field_names", "parse_override_value"]
+
+C = TypeVar("C")
+
+
+def check(condition: bool, section: str, name: str, value: Any, requirement: str) -> None:
+    """Raise a QkvError naming ``section.name`` unless ``condition`` holds."""
+    if not condition:
+        raise QkvError(f"invalid {section}.{name}={value!r}: {requirement}")
+
+
+def field_names(cls: type) -> list[str]:
+    """Names of a config dataclass's fields."""
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _unknown(name: str, known: list[str], section: str) -> QkvError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(known)}"
+    return QkvError(f"unknown {section} field '{name}': {hint}")
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any], section: str) -> C:
+    """Build ``cls`` from a dict, rejecting unknown keys with a hint (and validating the values)."""
+    known = field_names(cls)
+    for key in data:
+        if key not in known:
+            raise _unknown(key, known, section)
+    return cls(**data)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-ready dict."""
+    return dataclasses.asdict(cfg)
+
+
+def _field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def parse_override_value(cls: type, name: str, text: str, section: str) -> Any:
+    """Parse the string ``text`` for field ``name`` of ``cls`` by the field's type."""
+    known = field_names(cls)
+    if name not in known:
+        raise _unknown(name, known, section)
+    tp = _field_type(cls, name)
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    if optional and text.lower() in ("none", "null"):
+        return None
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in args if a is not type(None))
+    try:
+        if tp is bool:
+            low = text.lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return low in ("true", "1", "yes")
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if typing.get_origin(tp) is tuple:
+            return tuple(float(x) for x in text.strip("()").split(","))
+        return text
+    except ValueError:
+        kind = getattr(tp, "__name__", str(tp))
+        raise QkvError(f"{section}.{name}={text!r} is not a valid {kind}") from None
+
+
+def replace(cfg: C, section: str, **changes: Any) -> C:
+    """A copy of ``cfg`` with ``changes`` applied and validated."""
+    known = field_names(type(cfg))
+    for key in changes:
+        if key not in known:
+            raise _unknown(key, known, section)
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

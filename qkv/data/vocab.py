@@ -1,0 +1,82 @@
+"""A fixed vocabulary of words or characters, saved as JSON in the run directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qkv.errors import QkvError
+
+__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "Vocab"]
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+LEVELS = ("word", "char")
+
+
+@dataclass
+class Vocab:
+    """Symbols <-> ids. ``level="word"`` splits text on whitespace, ``"char"`` into characters.
+
+    Ids 0..3 are <pad>, <bos>, <eos>, <unk>. A symbol outside the vocabulary is an error (a fixed
+    vocabulary means the model has never seen it), reported with the symbol and the known ones.
+    """
+
+    symbols: list[str]
+    level: str = "word"
+    index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise QkvError(f"unknown vocabulary level '{self.level}': choose one of {', '.join(LEVELS)}")
+        self.itos = list(SPECIALS) + [s for s in self.symbols if s not in SPECIALS]
+        self.index = {s: i for i, s in enumerate(self.itos)}
+
+    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def tokenize(self, text: str) -> list[str]:
+        """Split text into symbols."""
+        return text.split() if self.level == "word" else [c for c in text if not c.isspace()]
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids (no <bos>/<eos>); an unknown symbol raises a QkvError naming it."""
+        ids = []
+        for sym in self.tokenize(text):
+            i = self.index.get(sym)
+            if i is None or i < len(SPECIALS):
+                shown = ", ".join(self.symbols[:40]) + (" …" if len(self.symbols) > 40 else "")
+                raise QkvError(f"symbol {sym!r} in {text!r} is not in this model's vocabulary ({shown})")
+            ids.append(i)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids -> text, stopping at <eos> and skipping other special symbols."""
+        out = []
+        for i in ids:
+            if i == self.eos_id:
+                break
+            if i >= len(SPECIALS):
+                out.append(self.itos[i])
+        return (" " if self.level == "word" else "").join(out)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"type": "vocab", "level": self.level, "symbols": self.itos}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Vocab:
+        """Inverse of :meth:`to_dict`."""
+        return cls([s for s in data["symbols"] if s not in SPECIALS], data["level"])
+
+    def save(self, path: Path) -> None:
+        """Write as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> Vocab:
+        """Read a vocabulary written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

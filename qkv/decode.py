@@ -1,0 +1,168 @@
+"""Decoding an encoder–decoder model: greedy and beam search, both incremental on the KV cache.
+
+Decoding is a few named steps: ``encode`` the source once (cross-attention K/V are computed from the
+memory at the first step and kept), then ``next_log_probs`` per step, feeding only the newest token
+when a cache is used (or the whole prefix without one: the slow reference, tested to give identical
+tokens).
+
+Shapes: B sentences, K beams, S source length, V target vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from qkv.errors import QkvError
+from qkv.models.transformer import DecoderCache, Transformer
+
+__all__ = ["Hypothesis", "beam_search", "greedy", "length_penalty", "next_log_probs"]
+
+
+@dataclass
+class Hypothesis:
+    """A decoded target: ``tokens`` (without <bos>, ending in <eos> unless cut at max length),
+    ``log_prob`` its model score (sum of token log-probabilities) and ``score`` the ranking score
+    (``log_prob`` divided by the length penalty)."""
+
+    tokens: list[int]
+    log_prob: float
+    score: float
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty lp(Y) = ((5 + |Y|) / 6)^α (Wu et al., 2016); α = 0 gives 1."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def default_max_len(model: Transformer, src: Tensor) -> int:
+    """Target length limit: 2·S + 10, within the model's max_len."""
+    return min(2 * src.size(1) + 10, model.cfg.max_len - 1)
+
+
+def next_log_probs(
+    model: Transformer, prefix: Tensor, memory: Tensor, src_mask: Tensor, cache: DecoderCache | None
+) -> Tensor:
+    """Log-probabilities (B, V) of the token after ``prefix`` (B, t). With a cache only the last
+    token is fed (earlier K/V are cached); without one the whole prefix is recomputed."""
+    step_input = prefix[:, -1:] if cache is not None else prefix  # (B, 1) or (B, t)
+    logits, _ = model.decode(step_input, memory, src_mask, cache=cache)  # (B, ·, V)
+    return torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B, V)
+
+
+def _check_max_len(model: Transformer, max_len: int) -> None:
+    if not 1 <= max_len < model.cfg.max_len:
+        raise QkvError(f"max length {max_len} must be between 1 and the model's max_len - 1 ({model.cfg.max_len - 1})")
+
+
+@torch.no_grad()
+def greedy(
+    model: Transformer,
+    src: Tensor,
+    *,
+    bos_id: int = 1,
+    eos_id: int = 2,
+    max_len: int | None = None,
+    use_cache: bool = True,
+) -> list[Hypothesis]:
+    """Greedy decoding of a batch of sources (B, S): the most likely token at each step."""
+    max_len = default_max_len(model, src) if max_len is None else max_len
+    _check_max_len(model, max_len)
+    B = src.size(0)
+    memory, src_mask, _ = model.encode(src)  # (B, S, d_model), (B, 1, 1, S)
+    cache = model.new_cache(max_len + 1) if use_cache else None
+    ys = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
+    log_prob = torch.zeros(B, device=src.device)
+    finished = torch.zeros(B, dtype=torch.bool, device=src.device)
+    for _ in range(max_len):
+        lp = next_log_probs(model, ys, memory, src_mask, cache)  # (B, V)
+        best_lp, tok = lp.max(dim=-1)  # (B,), (B,)
+        tok = tok.masked_fill(finished, model.cfg.pad_id)
+        log_prob += best_lp.masked_fill(finished, 0.0)
+        ys = torch.cat([ys, tok[:, None]], dim=1)  # (B, t+1)
+        finished |= tok == eos_id
+        if finished.all():
+            break
+    hyps = []
+    for b in range(B):
+        toks = ys[b, 1:].tolist()
+        if eos_id in toks:
+            toks = toks[: toks.index(eos_id) + 1]
+        hyps.append(Hypothesis(toks, float(log_prob[b]), float(log_prob[b])))
+    return hyps
+
+
+@torch.no_grad()
+def beam_search(
+    model: Transformer,
+    src: Tensor,
+    *,
+    beam: int = 4,
+    alpha: float = 0.6,
+    bos_id: int = 1,
+    eos_id: int = 2,
+    max_len: int | None = None,
+    use_cache: bool = True,
+) -> list[list[Hypothesis]]:
+    """Beam search over a batch of sources (B, S); returns for each source its ``beam`` best
+    hypotheses, best first by length-normalised score (GNMT penalty with ``alpha``).
+
+    A source is finished once it holds ``beam`` ended hypotheses and no live beam can still beat
+    the worst of them (log-probabilities only fall, so a live beam's bound is its score / lp(max_len)).
+    """
+    if beam < 1:
+        raise QkvError(f"beam width must be >= 1 (got {beam})")
+    if alpha < 0:
+        raise QkvError(f"length penalty alpha must be >= 0 (got {alpha})")
+    max_len = default_max_len(model, src) if max_len is None else max_len
+    _check_max_len(model, max_len)
+    B, K, dev = src.size(0), beam, src.device
+    memory, src_mask, _ = model.encode(src)
+    memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, d_model)
+    src_mask = src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
+    cache = model.new_cache(max_len + 1) if use_cache else None
+    ys = torch.full((B * K, 1), bos_id, dtype=torch.long, device=dev)  # (B*K, t)
+    scores = torch.full((B, K), float("-inf"), device=dev)
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    ended: list[list[Hypothesis]] = [[] for _ in range(B)]
+    done = [False] * B
+    base = (torch.arange(B, device=dev) * K)[:, None]  # (B, 1)
+    for step in range(1, max_len + 1):
+        lp = next_log_probs(model, ys, memory, src_mask, cache)  # (B*K, V)
+        V = lp.size(-1)
+        cand = (scores[:, :, None] + lp.view(B, K, V)).view(B, K * V)  # (B, K*V)
+        top_scores, top_idx = cand.topk(2 * K, dim=-1)  # (B, 2K): at most K of them end in <eos>
+        origin, tok = top_idx // V, top_idx % V  # (B, 2K) beam of origin, token
+        is_eos = tok == eos_id
+        # an <eos> candidate ends a hypothesis only if it ranks among the top K (so beam 1 is greedy)
+        ends = is_eos & torch.isfinite(top_scores) & (torch.arange(2 * K, device=dev) < K)
+        for b in range(B):
+            if done[b]:
+                continue
+            for j in torch.nonzero(ends[b]).flatten().tolist():
+                prefix = ys[base[b, 0] + origin[b, j], 1:].tolist()
+                s = float(top_scores[b, j])
+                ended[b].append(Hypothesis(prefix + [eos_id], s, s / length_penalty(step, alpha)))
+        live = top_scores.masked_fill(is_eos, float("-inf"))
+        scores, pos = live.topk(K, dim=-1)  # (B, K)
+        rows = (base + origin.gather(1, pos)).flatten()  # (B*K,) rows of ys to continue
+        ys = torch.cat([ys[rows], tok.gather(1, pos).view(-1, 1)], dim=1)  # (B*K, t+1)
+        if cache is not None:
+            cache.reorder(rows)
+        bound = scores[:, 0] / length_penalty(max_len, alpha)  # (B,) best any live beam can reach
+        for b in range(B):
+            if not done[b] and len(ended[b]) >= K:
+                worst = sorted(h.score for h in ended[b])[-K]
+                done[b] = float(bound[b]) <= worst
+        if all(done):
+            break
+    for b in range(B):  # beams still alive at max_len end there
+        if not done[b]:
+            for k in range(K):
+                s = float(scores[b, k])
+                if s > float("-inf"):
+                    toks = ys[b * K + k, 1:].tolist()
+                    ended[b].append(Hypothesis(toks, s, s / length_penalty(len(toks), alpha)))
+    return [sorted(h, key=lambda x: -x.score)[:K] for h in ended]

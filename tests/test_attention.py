@@ -1,0 +1,249 @@
+"""Attention: parity with torch, the variants agree, masking and causality invariants."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qkv.attention import (
+    KVCache,
+    MultiHeadAttention,
+    attention_per_query,
+    attention_reference,
+    causal_mask,
+    dot_product_attention,
+    scaled_dot_product_attention,
+)
+
+torch.set_default_dtype(torch.float32)
+
+
+def qkv_tensors(B=2, H=3, T=5, S=7, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(B, H, T, D, generator=g),
+        torch.randn(B, H, S, D, generator=g),
+        torch.randn(B, H, S, D, generator=g),
+    )
+
+
+def random_mask(B, T, S, seed=0, p=0.3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, 1, T, S, generator=g) > p
+
+
+def test_matches_torch_sdpa_with_and_without_mask():
+    q, k, v = qkv_tensors()
+    mask = random_mask(2, 5, 7)
+    mask[..., 0] = True  # no fully masked rows (torch gives NaN there)
+    for m in (None, mask):
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        fused, w = scaled_dot_product_attention(q, k, v, m)
+        math_out, weights = scaled_dot_product_attention(q, k, v, m, need_weights=True)
+        assert w is None
+        torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(math_out, ref, atol=1e-5, rtol=1e-5)
+        assert weights.shape == (2, 3, 5, 7)
+
+
+def test_scale_none_is_inverse_sqrt_dk_and_scale_one_is_dot_product():
+    q, k, v = qkv_tensors(D=16)
+    out_default, w_default = scaled_dot_product_attention(q, k, v, need_weights=True)
+    out_explicit, _ = scaled_dot_product_attention(q, k, v, scale=1 / math.sqrt(16), need_weights=True)
+    torch.testing.assert_close(out_default, out_explicit)
+    expected = torch.softmax(q @ k.transpose(-2, -1) / 4.0, dim=-1)
+    torch.testing.assert_close(w_default, expected)
+    out_dot, w_dot = dot_product_attention(q, k, v, need_weights=True)
+    torch.testing.assert_close(w_dot, torch.softmax(q @ k.transpose(-2, -1), dim=-1))
+    torch.testing.assert_close(out_dot, w_dot @ v)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_per_query_equals_query_batch(masked):
+    q, k, v = qkv_tensors(T=9, S=6, seed=3)
+    mask = random_mask(2, 9, 6, seed=4) if masked else None
+    out_m, w_m = scaled_dot_product_attention(q, k, v, mask, need_weights=True)
+    out_q, w_q = attention_per_query(q, k, v, mask, need_weights=True)
+    assert (out_q - out_m).abs().max() < 1e-5
+    assert (w_q - w_m).abs().max() < 1e-5
+    assert attention_per_query(q, k, v, mask)[1] is None
+
+
+def test_fully_masked_rows_give_zero_output_zero_weights_and_finite_grads():
+    q, k, v = (t.requires_grad_() for t in qkv_tensors(T=4, S=5))
+    mask = torch.ones(2, 1, 4, 5, dtype=torch.bool)
+    mask[:, :, 1] = False  # query 1 sees nothing
+    for need in (False, True):
+        out, w = scaled_dot_product_attention(q, k, v, mask, need_weights=need)
+        assert torch.isfinite(out).all()
+        assert out[:, :, 1].abs().max() == 0
+        if need:
+            assert w[:, :, 1].abs().max() == 0
+        out.sum().backward()
+        for t in (q, k, v):
+            assert torch.isfinite(t.grad).all()
+            t.grad = None
+    out, w = attention_per_query(q, k, v, mask, need_weights=True)
+    assert out[:, :, 1].abs().max() == 0 and w[:, :, 1].abs().max() == 0
+
+
+def test_causal_mask_is_bottom_right_aligned():
+    assert causal_mask(3).tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    assert causal_mask(1, 4).tolist() == [[True, True, True, True]]
+    assert causal_mask(2, 3).tolist() == [[True, True, False], [True, True, True]]
+
+
+def test_is_causal_flag_matches_explicit_mask_on_both_paths():
+    q, k, v = qkv_tensors(T=6, S=6)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    for need in (False, True):
+        out, _ = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=need)
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        out2, _ = scaled_dot_product_attention(q, k, v, causal_mask(6), need_weights=need)
+        torch.testing.assert_close(out2, ref, atol=1e-5, rtol=1e-5)
+
+
+def copy_to_torch_mha(mha: MultiHeadAttention) -> torch.nn.MultiheadAttention:
+    ref = torch.nn.MultiheadAttention(mha.d_model, mha.h, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(mha.in_proj.weight)
+        ref.in_proj_bias.copy_(mha.in_proj.bias)
+        ref.out_proj.weight.copy_(mha.out_proj.weight)
+        ref.out_proj.bias.copy_(mha.out_proj.bias)
+    return ref.eval()
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_multihead_matches_torch_multiheadattention(cross):
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4).eval()
+    ref = copy_to_torch_mha(mha)
+    x = torch.randn(3, 6, 32)
+    mem = torch.randn(3, 9, 32) if cross else x
+    S = mem.size(1)
+    key_ok = torch.ones(3, S, dtype=torch.bool)
+    key_ok[0, -3:] = False  # padding in the first sequence
+    ref_out, ref_w = ref(x, mem, mem, key_padding_mask=~key_ok, average_attn_weights=False)
+    out, w = mha(x, mem if cross else None, key_ok[:, None, None, :], need_weights=True)
+    assert (out - ref_out).abs().max() < 1e-5
+    assert (w - ref_w).abs().max() < 1e-5
+    fused, none = mha(x, mem if cross else None, key_ok[:, None, None, :])
+    assert none is None and (fused - ref_out).abs().max() < 1e-5
+
+
+def test_multihead_causal_matches_torch():
+    torch.manual_seed(1)
+    mha = MultiHeadAttention(16, 2).eval()
+    ref = copy_to_torch_mha(mha)
+    x = torch.randn(2, 7, 16)
+    ref_out, _ = ref(x, x, x, attn_mask=~causal_mask(7))
+    out, _ = mha(x, is_causal=True)
+    assert (out - ref_out).abs().max() < 1e-5
+
+
+def test_kv_cache_incremental_equals_full_causal():
+    torch.manual_seed(2)
+    mha = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 10, 16)
+    full, _ = mha(x, is_causal=True)
+    cache = KVCache(capacity=2)  # forces growth
+    steps = [mha(x[:, t : t + 1], is_causal=True, cache=cache)[0] for t in range(10)]
+    assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
+    assert cache.length == 10
+
+
+def test_kv_cache_prefill_then_steps_and_reorder():
+    torch.manual_seed(3)
+    mha = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(3, 8, 16)
+    full, _ = mha(x, is_causal=True)
+    cache = KVCache()
+    first, _ = mha(x[:, :5], is_causal=True, cache=cache)
+    rest = [mha(x[:, t : t + 1], is_causal=True, cache=cache)[0] for t in range(5, 8)]
+    assert (torch.cat([first, *rest], 1) - full).abs().max() < 1e-5
+    cache.reorder(torch.tensor([2, 0]))
+    assert cache.k.shape[0] == 2
+
+
+def test_cross_attention_cache_computes_memory_kv_once():
+    torch.manual_seed(4)
+    mha = MultiHeadAttention(16, 4).eval()
+    x, mem = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    cache = KVCache(static=True)
+    a, _ = mha(x, mem, cache=cache)
+    b, _ = mha(x, torch.zeros_like(mem), cache=cache)  # memory ignored once cached
+    torch.testing.assert_close(a, b)
+
+
+def test_multihead_rejects_indivisible_heads():
+    with pytest.raises(ValueError, match="divisible"):
+        MultiHeadAttention(30, 4)
+
+
+# --- property tests -------------------------------------------------------------------------------
+
+dims = st.integers(min_value=1, max_value=6)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 3), T=st.integers(1, 8), h=st.sampled_from([1, 2, 4]), seed=st.integers(0, 10_000))
+def test_self_attention_is_permutation_equivariant(B, T, h, seed):
+    torch.manual_seed(seed)
+    mha = MultiHeadAttention(8, h).eval()
+    x = torch.randn(B, T, 8)
+    perm = torch.randperm(T)
+    out, _ = mha(x)
+    out_perm, _ = mha(x[:, perm])
+    assert (out[:, perm] - out_perm).abs().max() < 1e-5
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(1, 6), S=st.integers(2, 8), seed=st.integers(0, 10_000), need=st.booleans())
+def test_values_of_masked_keys_never_change_the_output(T, S, seed, need):
+    q, k, v = qkv_tensors(B=2, H=2, T=T, S=S, D=4, seed=seed)
+    mask = random_mask(2, T, S, seed=seed + 1)
+    g = torch.Generator().manual_seed(seed + 2)
+    k2 = torch.where(mask.any(-2, keepdim=True).transpose(-2, -1), k, torch.randn(k.shape, generator=g))
+    v2 = torch.where(mask.any(-2, keepdim=True).transpose(-2, -1), v, 100 * torch.randn(v.shape, generator=g))
+    # keys masked for *every* query are replaced; the output must not move
+    out1, _ = scaled_dot_product_attention(q, k, v, mask, need_weights=need)
+    out2, _ = scaled_dot_product_attention(q, k2, v2, mask, need_weights=need)
+    assert (out1 - out2).abs().max() < 1e-5
+    # and per query row: changing a key masked for one row leaves that row's output alone
+    keep = torch.randn(v.shape, generator=g)
+    v3 = v.clone()
+    row_mask = mask[0, 0, 0]  # what query 0 of batch 0 may see
+    v3[0, :, ~row_mask] = keep[0, :, ~row_mask]
+    out3, _ = scaled_dot_product_attention(q, k, v3, mask, need_weights=need)
+    assert (out1[0, :, 0] - out3[0, :, 0]).abs().max() < 1e-5
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(1, 6), S=st.integers(1, 8), seed=st.integers(0, 10_000))
+def test_weight_rows_sum_to_one_or_zero(T, S, seed):
+    q, k, v = qkv_tensors(B=2, H=2, T=T, S=S, D=4, seed=seed)
+    mask = random_mask(2, T, S, seed=seed, p=0.6)
+    _, w = attention_reference(q, k, v, mask)
+    sums = w.sum(-1)
+    expected = mask.any(-1).expand_as(sums).float()
+    assert (sums - expected).abs().max() < 1e-5
+    assert (w[~mask.expand_as(w)] == 0).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(T=st.integers(2, 8), t=st.integers(0, 7), seed=st.integers(0, 10_000), need=st.booleans())
+def test_causal_outputs_ignore_future_tokens(T, t, seed, need):
+    t = t % T
+    torch.manual_seed(seed)
+    mha = MultiHeadAttention(8, 2).eval()
+    x = torch.randn(2, T, 8)
+    x2 = x.clone()
+    x2[:, t + 1 :] = torch.randn_like(x2[:, t + 1 :])
+    a, _ = mha(x, is_causal=True, need_weights=need)
+    b, _ = mha(x2, is_causal=True, need_weights=need)
+    assert (a[:, : t + 1] - b[:, : t + 1]).abs().max() < 1e-5

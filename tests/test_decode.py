@@ -1,0 +1,108 @@
+"""Decoding: the KV cache changes nothing, beam 1 is greedy, beams are sorted and beat greedy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qkv.decode import beam_search, greedy, length_penalty
+from qkv.errors import QkvError
+from qkv.models import TransformerConfig, build_transformer
+
+
+def make_model(seed: int, norm_first: bool = False):
+    """A random model whose <eos> logit is boosted so that some hypotheses end early."""
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(
+        d_model=32,
+        h=4,
+        N=2,
+        d_ff=64,
+        dropout=0.0,
+        max_len=40,
+        norm_first=norm_first,
+        src_vocab_size=12,
+        tgt_vocab_size=10,
+        share_embeddings="none",
+    )
+    model = build_transformer(cfg).eval()
+    with torch.no_grad():
+        model.generator.weight.mul_(3.0)
+        model.generator.weight[2].mul_(4 / 3)
+    src = torch.randint(4, 12, (4, 7))
+    src[1, 5:] = 0
+    src[3, 3:] = 0
+    return model, src
+
+
+@pytest.fixture
+def trained(tiny_run):
+    """A partly trained reverse model and a batch of held-out sources."""
+    import qkv
+    from qkv.data import encode_source, get_task
+
+    run = qkv.load(tiny_run)
+    texts = [s for s, _ in get_task(run.config.task).split("test")[:12]]
+    return run.model, encode_source(texts, run.src_vocab)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, "trained"])
+def test_cached_and_uncached_greedy_give_identical_tokens(which, request):
+    model, src = request.getfixturevalue("trained") if which == "trained" else make_model(which, norm_first=which == 2)
+    a = greedy(model, src, max_len=20, use_cache=True)
+    b = greedy(model, src, max_len=20, use_cache=False)
+    assert [h.tokens for h in a] == [h.tokens for h in b]
+    for x, y in zip(a, b, strict=True):
+        assert abs(x.log_prob - y.log_prob) < 1e-4
+
+
+@pytest.mark.parametrize("which", [0, 1, "trained"])
+def test_cached_and_uncached_beam_give_identical_tokens(which, request):
+    model, src = request.getfixturevalue("trained") if which == "trained" else make_model(which)
+    a = beam_search(model, src, beam=3, max_len=15, use_cache=True)
+    b = beam_search(model, src, beam=3, max_len=15, use_cache=False)
+    assert [[h.tokens for h in hs] for hs in a] == [[h.tokens for h in hs] for hs in b]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, 3, "trained"])
+def test_beam_one_equals_greedy(which, request):
+    model, src = request.getfixturevalue("trained") if which == "trained" else make_model(which)
+    g = greedy(model, src, max_len=20)
+    b = beam_search(model, src, beam=1, alpha=0.0, max_len=20)
+    assert [h.tokens for h in g] == [hs[0].tokens for hs in b]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2, 3, 4, "trained"])
+def test_beams_sorted_and_best_model_score_at_least_greedy(which, request):
+    model, src = request.getfixturevalue("trained") if which == "trained" else make_model(which)
+    g = greedy(model, src, max_len=20)
+    beams = beam_search(model, src, beam=5, alpha=0.0, max_len=20)
+    for hs, gh in zip(beams, g, strict=True):
+        scores = [h.score for h in hs]
+        assert scores == sorted(scores, reverse=True)
+        assert len(hs) == 5
+        assert hs[0].log_prob >= gh.log_prob - 1e-5
+        assert all(h.tokens[-1] == 2 or len(h.tokens) == 20 for h in hs)
+    with_penalty = beam_search(model, src, beam=4, alpha=0.6, max_len=20)
+    for hs in with_penalty:
+        assert [h.score for h in hs] == sorted((h.score for h in hs), reverse=True)
+        for h in hs:
+            assert abs(h.score - h.log_prob / length_penalty(len(h.tokens), 0.6)) < 1e-4
+
+
+def test_hypothesis_log_prob_is_the_model_score():
+    model, src = make_model(5)
+    hyp = greedy(model, src[:1], max_len=10)[0]
+    tgt = torch.tensor([[1] + hyp.tokens])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(src[:1], tgt[:, :-1]), -1)
+    total = logp[0, torch.arange(len(hyp.tokens)), torch.tensor(hyp.tokens)].sum()
+    assert abs(total.item() - hyp.log_prob) < 1e-4
+
+
+def test_bad_decoding_arguments():
+    model, src = make_model(0)
+    with pytest.raises(QkvError, match="beam width"):
+        beam_search(model, src, beam=0)
+    with pytest.raises(QkvError, match="max length"):
+        greedy(model, src, max_len=500)
