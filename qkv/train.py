@@ -429,7 +429,8 @@ def train(
                 if bar is not None:
                     bar.write(
                         f"step {step}: valid loss {metrics['loss']:.4f}, token acc {metrics['token_accuracy']:.4f}, "
-                        f"exact match {metrics['exact_match']:.4f}"
+                        f"exact match {metrics['exact_match']:.4f}",
+                        file=sys.stderr,
                     )
             if flag.stop:
                 break

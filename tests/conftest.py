@@ -22,6 +22,12 @@ TINY = [
 ]
 
 
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    """Overrides that make any seq2seq recipe tiny and fast."""
+    return list(TINY)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A reverse-task run, partly trained (so it emits <eos> at varied lengths), shared read-only."""

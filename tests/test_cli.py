@@ -1,0 +1,109 @@
+"""The qkv command end to end: each verb, and one-line errors for bad input that never damage a run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def qkv(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "qkv", *args], input=stdin, capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def assert_user_error(res: subprocess.CompletedProcess, needle: str) -> None:
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("qkv: error: ") and needle in lines[0], lines[0]
+    assert "Traceback" not in res.stderr
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir())}
+
+
+def test_help_has_examples():
+    for verb in ("train", "translate", "evaluate", "info"):
+        res = qkv(verb, "--help")
+        assert res.returncode == 0 and "example" in res.stdout
+
+
+def test_translate_info_evaluate(tiny_run):
+    res = qkv("translate", str(tiny_run), "abc", "hello")
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 2
+    assert qkv("translate", str(tiny_run), "--beam", "3", stdin="abc\nxyz\n").stdout.count("\n") == 2
+    info = json.loads(qkv("info", str(tiny_run)).stdout)
+    assert info["parameters"] > 0 and info["config"]["task"]["name"] == "reverse"
+    assert info["last_metrics"]["step"] == 120
+    ev = json.loads(qkv("evaluate", str(tiny_run)).stdout)
+    assert set(ev) >= {"loss", "token_accuracy", "exact_match"}
+
+
+def test_train_end_to_end_then_resume(tmp_path, tiny_overrides):
+    out = tmp_path / "rev"
+    over = [o for o in tiny_overrides if not o.startswith("steps=")]
+    res = qkv("train", "reverse", *over, "steps=20", "--out", str(out), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "exact match" in res.stdout and "->" in res.stdout
+    res = qkv("train", "--resume", str(out), "steps=30", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "summary.json").read_text())["step"] == 30
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["info", "/nonexistent/run"], "does not exist"),
+        (["train", "nosuchpreset"], "unknown preset 'nosuchpreset'"),
+        (["train", "reverse", "d_model"], "malformed override"),
+        (["train", "reverse", "d_model=30", "h=4"], "model.d_model"),
+        (["train", "reverse", "dropout=-0.5"], "model.dropout"),
+        (["train", "reverse", "stpes=5"], "did you mean 'steps'"),
+        (["train", "--resume", "/nonexistent/run"], "not a qkv run directory"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(args, needle, tmp_path):
+    assert_user_error(qkv(*args, cwd=tmp_path), needle)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_text_input(tiny_run):
+    before = snapshot(tiny_run)
+    assert_user_error(qkv("translate", str(tiny_run), "aBc"), "not in this model's vocabulary")
+    assert_user_error(qkv("translate", str(tiny_run), "a" * 100), "reads at most 63")
+    assert_user_error(qkv("translate", str(tiny_run), stdin=""), "nothing to translate")
+    assert snapshot(tiny_run) == before
+
+
+def test_existing_run_is_never_overwritten(tiny_run, tiny_overrides):
+    before = snapshot(tiny_run)
+    assert_user_error(qkv("train", "reverse", *tiny_overrides, "--out", str(tiny_run)), "already exists")
+    assert_user_error(qkv("train", "--resume", str(tiny_run), "d_model=64"), "cannot change when resuming")
+    assert snapshot(tiny_run) == before
+
+
+@pytest.mark.parametrize(
+    ("victim", "damage", "needle"),
+    [
+        ("model.safetensors", b"garbage", "model.safetensors is corrupt"),
+        ("config.json", b"{not json", "config.json is corrupt"),
+        ("tgt_vocab.json", None, "tgt_vocab.json is missing"),
+        ("model.safetensors", None, "model.safetensors is missing"),
+    ],
+)
+def test_corrupt_or_incomplete_run(tiny_run, tmp_path, victim, damage, needle):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    if damage is None:
+        (run / victim).unlink()
+    else:
+        (run / victim).write_bytes(damage)
+    assert_user_error(qkv("translate", str(run), "abc"), needle)

@@ -1,0 +1,137 @@
+"""Training: schedules, loss, accumulation, exact resume, and configs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qkv.data import Vocab, encode_pairs
+from qkv.errors import QkvError
+from qkv.models import TransformerConfig, build_transformer
+from qkv.train import RunConfig, TrainConfig, label_smoothed_loss, lr_at, make_optimizer, recipe, train, train_step
+
+
+def test_noam_schedule_is_the_papers_formula():
+    cfg = TrainConfig(schedule="noam", warmup=4000, lr=1.0)
+    for step in (1, 100, 3999, 4000, 4001, 100_000):
+        expected = 512**-0.5 * min(step**-0.5, step * 4000**-1.5)
+        assert lr_at(step, cfg, 512) == pytest.approx(expected, rel=1e-12)
+    peak = max(range(1, 10_000, 7), key=lambda s: lr_at(s, cfg, 512))
+    assert abs(peak - 4000) <= 7
+
+
+def test_warmup_inverse_sqrt_and_cosine():
+    inv = TrainConfig(schedule="inverse_sqrt", warmup=100, lr=1e-3)
+    assert lr_at(50, inv, 64) == pytest.approx(5e-4)
+    assert lr_at(100, inv, 64) == pytest.approx(1e-3)
+    assert lr_at(400, inv, 64) == pytest.approx(5e-4)
+    cos = TrainConfig(schedule="cosine", warmup=10, lr=1e-3, min_lr=1e-4, steps=110)
+    assert lr_at(10, cos, 64) == pytest.approx(1e-3)
+    assert lr_at(60, cos, 64) == pytest.approx(0.55e-3)
+    assert lr_at(110, cos, 64) == pytest.approx(1e-4)
+
+
+def test_label_smoothed_loss_matches_its_formula_and_ignores_padding():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 7)
+    target = torch.tensor([[4, 5, 2, 0], [6, 2, 0, 0]])
+    eps = 0.1
+    logp = torch.log_softmax(logits, -1)
+    real = target != 0
+    nll = -logp.gather(-1, target[..., None]).squeeze(-1)
+    smooth = -logp.mean(-1)
+    expected = ((1 - eps) * nll + eps * smooth)[real].sum()
+    assert label_smoothed_loss(logits, target, eps) == pytest.approx(float(expected), rel=1e-6)
+    logits2 = logits.clone()
+    logits2[0, 3] = 100.0  # a padded position
+    assert label_smoothed_loss(logits2, target, eps) == pytest.approx(float(expected), rel=1e-6)
+
+
+def _tiny_model_and_batches():
+    vocab = Vocab(list("abcdef"), "char")
+    cfg = TransformerConfig(d_model=16, h=2, N=1, d_ff=32, dropout=0.0, src_vocab_size=10, tgt_vocab_size=10)
+    pairs = [("abc", "cba"), ("de", "ed"), ("fabd", "dbaf"), ("a", "a")]
+    return (
+        cfg,
+        encode_pairs(pairs[:2], vocab, vocab),
+        encode_pairs(pairs[2:], vocab, vocab),
+        encode_pairs(pairs, vocab, vocab),
+    )
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    cfg, part1, part2, whole = _tiny_model_and_batches()
+    tc = TrainConfig(schedule="constant", lr=1.0, warmup=0, clip=0.0)
+    results = []
+    for batches in ([part1, part2], [whole]):
+        torch.manual_seed(0)
+        model = build_transformer(cfg)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)  # the update is the gradient itself
+        train_step(model, opt, batches, tc, 1)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert (results[0] - results[1]).abs().max() < 1e-6
+
+
+def test_make_optimizer_is_the_papers_adam():
+    opt = make_optimizer(torch.nn.Linear(2, 2), TrainConfig())
+    assert isinstance(opt, torch.optim.Adam)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.98) and opt.param_groups[0]["eps"] == 1e-9
+
+
+def _weights(run):
+    return load_file(run / "model.safetensors")
+
+
+def test_resume_is_bit_identical(tmp_path, tiny_overrides):
+    cfg = recipe("reverse")
+    over = tiny_overrides + ["steps=16", "eval_every=8", "dropout=0.1"]  # dropout on: the RNG state must resume too
+    train(cfg, tmp_path / "one", overrides=over, progress=False, log=lambda m: None)
+    stopped = train(cfg, tmp_path / "two", overrides=over, until_step=8, progress=False, log=lambda m: None)
+    assert stopped == {"step": 8, "stopped": True}
+    state = json.loads((tmp_path / "two" / "trainer_state.json").read_text())
+    assert state["step"] == 8
+    train(out=tmp_path / "two", resume=True, progress=False, log=lambda m: None)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [8, 16]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["step"] == 16 and 0.0 <= summary["exact_match"] <= 1.0
+
+
+def test_training_learns_the_reverse_task(tiny_run):
+    rows = [json.loads(x) for x in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["valid_loss"] < rows[0]["valid_loss"] < math.log(30)
+
+
+def test_refuses_to_overwrite_an_existing_run(tiny_run, tiny_overrides):
+    before = {p.name: p.read_bytes() for p in tiny_run.iterdir()}
+    with pytest.raises(QkvError, match="already exists"):
+        train(recipe("reverse"), tiny_run, overrides=tiny_overrides, progress=False, log=lambda m: None)
+    assert {p.name: p.read_bytes() for p in tiny_run.iterdir()} == before
+
+
+def test_overrides_parse_and_fail_clearly():
+    cfg = RunConfig().with_overrides(["d_model=256", "train.steps=7", "norm_first=true", "betas=0.9,0.99"])
+    assert cfg.model.d_model == 256 and cfg.train.steps == 7 and cfg.model.norm_first
+    assert cfg.train.betas == (0.9, 0.99)
+    with pytest.raises(QkvError, match="malformed override"):
+        RunConfig().with_overrides(["d_model"])
+    with pytest.raises(QkvError, match="did you mean 'steps'"):
+        RunConfig().with_overrides(["stesp=3"])
+    with pytest.raises(QkvError, match="ambiguous"):
+        RunConfig().with_overrides(["max_len=3"])
+    with pytest.raises(QkvError, match="not a valid int"):
+        RunConfig().with_overrides(["d_model=big"])
+    with pytest.raises(QkvError, match="model.d_model"):
+        RunConfig().with_overrides(["d_model=500"])
+    with pytest.raises(QkvError, match="train.schedule"):
+        RunConfig().with_overrides(["schedule=linear"])
+    with pytest.raises(QkvError, match="cannot change when resuming"):
+        RunConfig().with_overrides(["d_model=64"], sections=("train",))
