@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 from qkv.checkpoint import load_model_tensors, load_weights, read_json
-from qkv.data import Vocab, encode_source, get_task
+from qkv.data import BPETokenizer, Vocab, build_source, encode_source, read_lines
 from qkv.decode import beam_search, greedy
 from qkv.errors import QkvError
 from qkv.models import Transformer, build_transformer, count_parameters
-from qkv.train import RunConfig, evaluate
+from qkv.train import RunConfig, bleu_scores, evaluate, load_run_tokenizers
 
 __all__ = ["Seq2SeqRun", "load"]
 
@@ -26,18 +26,18 @@ class Seq2SeqRun:
     path: Path
     config: RunConfig
     model: Transformer
-    src_vocab: Vocab
-    tgt_vocab: Vocab
+    src_tokenizer: Vocab | BPETokenizer
+    tgt_tokenizer: Vocab | BPETokenizer
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
         limit = self.config.model.max_len - 1
         for i, text in enumerate(texts):
-            n = len(self.src_vocab.encode(text)) + 1
+            n = len(self.src_tokenizer.encode(text)) + 1
             if n > self.config.model.max_len:
                 raise QkvError(
                     f"input {i + 1} has {n - 1} tokens; this model reads at most {limit}: shorten it or split it"
                 )
-        return encode_source(texts, self.src_vocab)
+        return encode_source(texts, self.src_tokenizer)
 
     @torch.no_grad()
     def translate(
@@ -52,21 +52,35 @@ class Seq2SeqRun:
         """Translate texts (greedy when ``beam`` is 1, else beam search); returns one string per text."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         self.model.eval()
-        out: list[str] = []
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+        out: list[str] = [""] * len(texts)
         for i in range(0, len(texts), batch_size):
-            src = self._encode(texts[i : i + batch_size])
-            ids = dict(bos_id=self.tgt_vocab.bos_id, eos_id=self.tgt_vocab.eos_id, max_len=max_len)
+            idx = order[i : i + batch_size]
+            src = self._encode([texts[j] for j in idx])
+            ids = dict(bos_id=self.tgt_tokenizer.bos_id, eos_id=self.tgt_tokenizer.eos_id, max_len=max_len)
             if beam == 1:
                 hyps = greedy(self.model, src, **ids)
             else:
                 hyps = [h[0] for h in beam_search(self.model, src, beam=beam, alpha=alpha, **ids)]
-            out.extend(self.tgt_vocab.decode(h.tokens) for h in hyps)
+            for j, h in zip(idx, hyps, strict=True):
+                out[j] = self.tgt_tokenizer.decode(h.tokens)
         return out
 
-    def evaluate(self, split: str = "test") -> dict[str, float]:
-        """Loss, token accuracy and exact match on the task's ``valid`` or ``test`` split."""
-        pairs = get_task(self.config.task).split(split)
-        return evaluate(self.model, pairs, self.src_vocab, self.tgt_vocab)
+    def evaluate(self, split: str = "test", *, beam: int = 1) -> dict[str, Any]:
+        """Loss, token accuracy, exact match (and BLEU/chrF for translation) on a held-out split."""
+        source = build_source(self.config.task, (self.src_tokenizer, self.tgt_tokenizer))
+        bleu = self.config.task.name == "parallel"
+        return evaluate(self.model, source.split(split), self.src_tokenizer, self.tgt_tokenizer, bleu=bleu, beam=beam)
+
+    def evaluate_files(self, src: str | Path, ref: str | Path, *, beam: int = 1, alpha: float = 0.6) -> dict[str, Any]:
+        """Translate ``src`` (one sentence per line) and score it against ``ref`` with sacreBLEU."""
+        sources, refs = read_lines(src), read_lines(ref)
+        if len(sources) != len(refs):
+            raise QkvError(
+                f"{src} has {len(sources):,} lines but {ref} has {len(refs):,}; they must be aligned line by line"
+            )
+        hyps = self.translate(sources, beam=beam, alpha=alpha)
+        return {"n": len(refs), "beam": beam, **bleu_scores(hyps, refs)}
 
     def info(self) -> dict[str, Any]:
         """Config, parameter count, last metrics and summary."""
@@ -101,13 +115,8 @@ def load(run: str | Path, *, device: str = "cpu") -> Seq2SeqRun:
         cfg = RunConfig.from_dict(data)
     except (KeyError, TypeError) as e:
         raise QkvError(f"{path / 'config.json'} is incomplete ({e}); restore it or train a new run") from None
-    vocabs = []
-    for name in ("src_vocab.json", "tgt_vocab.json"):
-        try:
-            vocabs.append(Vocab.from_dict(read_json(path / name)))
-        except (KeyError, TypeError):
-            raise QkvError(f"{path / name} is not a qkv vocabulary; restore it or train a new run") from None
+    tokenizers = load_run_tokenizers(path)
     model = build_transformer(cfg.model)
     load_weights(model, load_model_tensors(path), str(path / "model.safetensors"))
     model.to(device).eval()
-    return Seq2SeqRun(path, cfg, model, vocabs[0], vocabs[1])
+    return Seq2SeqRun(path, cfg, model, *tokenizers)

@@ -2,7 +2,7 @@
 
     RUN/
       config.json                 model, training and data arguments (written once)
-      src_vocab.json, tgt_vocab.json   the tokenizers
+      src_tokenizer.json, tgt_tokenizer.json   the tokenizers
       model.safetensors           weights (tied weights stored once)
       trainer_state.safetensors   optimizer moments and torch RNG state
       trainer_state.json          step, data position, elapsed time

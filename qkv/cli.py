@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[PRESET] [KEY=VALUE ...]",
         help=f"a preset ({', '.join(RECIPES)}; default dates) then overrides such as d_model=256 train.steps=500",
     )
+    for split in ("train", "valid", "test"):
+        t.add_argument(
+            f"--{split}",
+            nargs=2,
+            metavar=("SRC", "TGT"),
+            help=f"parallel text {split} files, one sentence per line (sets task.{split}_src/_tgt)",
+        )
+    t.add_argument("--config", type=Path, help="a JSON file with model/train/task sections to override")
     t.add_argument("--out", type=Path, help="run directory to create (default: runs/PRESET-TIME)")
     t.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN exactly where it stopped")
     t.add_argument("--until-step", type=int, metavar="N", help="stop (resumably) after step N")
@@ -68,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("run", type=Path, metavar="RUN")
     tr.add_argument("text", nargs="*", metavar="TEXT", help="texts to translate (default: lines of stdin)")
+    tr.add_argument("-i", "--input", type=Path, metavar="FILE", help="translate the lines of FILE")
     tr.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy, the default)")
     tr.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty for beam search (default 0.6)")
     tr.add_argument("--max-len", type=int, help="most target tokens (default 2·source + 10)")
@@ -76,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="loss, token accuracy, exact match", epilog=EXAMPLES["evaluate"], formatter_class=fmt
     )
     ev.add_argument("run", type=Path, metavar="RUN")
-    ev.add_argument("--split", choices=("valid", "test"), default="test")
+    ev.add_argument("--split", choices=("valid", "test"), default="test", help="held-out split (default test)")
+    ev.add_argument("--src", type=Path, metavar="FILE", help="score the translation of FILE instead of a split")
+    ev.add_argument("--ref", type=Path, metavar="FILE", help="references for --src, one per line")
+    ev.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    ev.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty for beam search")
 
     info = sub.add_parser("info", help="config, parameters, last metrics", epilog=EXAMPLES["info"], formatter_class=fmt)
     info.add_argument("run", type=Path, metavar="RUN")
@@ -91,6 +104,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     preset, overrides = DEFAULT_RECIPE, list(a.args)
     if overrides and "=" not in overrides[0]:
         preset = overrides.pop(0)
+    if a.config is not None:
+        overrides = config_file_overrides(a.config) + overrides
+    for split in ("train", "valid", "test"):
+        files = getattr(a, split)
+        if files:
+            overrides += [f"task.{split}_src={files[0]}", f"task.{split}_tgt={files[1]}"]
+            if preset == DEFAULT_RECIPE and not a.args:
+                preset = "multi30k"
     if a.resume is not None:
         if a.args and "=" not in a.args[0]:
             raise QkvError("--resume continues a run with its own config: drop the preset (overrides may stay)")
@@ -102,29 +123,59 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = recipe(preset)
         out = a.out or Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = train(cfg, out, overrides=overrides, until_step=a.until_step, progress=not a.no_progress)
-    if summary.get("stopped"):
+    if summary.get("stopped") or "eval_split" not in summary:  # stopped early, or not torchrun's rank 0
         return 0
     run = api.load(out)
-    from qkv.data import get_task
+    from qkv.data import build_source
 
-    examples = get_task(run.config.task).split("test")[:5]
-    print("examples (held-out test split):")
+    split = summary["eval_split"]
+    examples = build_source(run.config.task, (run.src_tokenizer, run.tgt_tokenizer)).split(split)[:5]
+    print(f"examples ({split} split):")
     for (src, ref), hyp in zip(examples, run.translate([s for s, _ in examples]), strict=True):
         mark = "ok" if hyp == ref else f"expected {ref}"
         print(f"  {src}  ->  {hyp}   [{mark}]")
+    score = f"BLEU {summary['test_bleu']:.2f} (greedy)" if "test_bleu" in summary else "exact match"
+    if "test_bleu" not in summary:
+        score = f"exact match {summary['exact_match']:.4f}"
     print(
-        f"exact match {summary['exact_match']:.4f} on {summary['test_examples']} held-out examples, "
-        f"{summary['train_minutes']:.2f} min; run directory: {out}"
+        f"{score} on {summary['test_examples']} held-out examples ({split}), "
+        f"{summary['train_minutes']:.2f} min of training; run directory: {out}"
     )
     return 0
+
+
+def config_file_overrides(path: Path) -> list[str]:
+    """A JSON config file ({"model": {...}, "train": {...}, "task": {...}}) as KEY=VALUE overrides."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise QkvError(f"config file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise QkvError(f"config file {path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise QkvError(f"config file {path} must hold a JSON object with model/train/task sections")
+    out = []
+    for section, fields in data.items():
+        if section == "family":
+            continue
+        if not isinstance(fields, dict):
+            raise QkvError(f"config file {path}: section '{section}' must be an object of field: value")
+        for name, value in fields.items():
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+            out.append(f"{section}.{name}={text}")
+    return out
 
 
 def cmd_translate(a: argparse.Namespace) -> int:
     """``qkv translate``: one output line per input text."""
     from qkv import api
+    from qkv.data import read_lines
 
     run = api.load(a.run)
-    texts = a.text if a.text else [line.rstrip("\n") for line in sys.stdin]
+    if a.input is not None:
+        texts = list(a.text) + read_lines(a.input)
+    else:
+        texts = a.text if a.text else [line.rstrip("\n") for line in sys.stdin]
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise QkvError("nothing to translate: give TEXT arguments or lines on stdin")
@@ -137,7 +188,17 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     """``qkv evaluate``: metrics as one JSON object."""
     from qkv import api
 
-    print(json.dumps(api.load(a.run).evaluate(a.split)))
+    run = api.load(a.run)
+    if (a.src is None) != (a.ref is None):
+        raise QkvError("give both --src FILE and --ref FILE, or neither (to use the run's test split)")
+    if a.src is not None:
+        res = run.evaluate_files(a.src, a.ref, beam=a.beam, alpha=a.alpha)
+        print(f"BLEU {res['bleu']:.2f}  ({res['bleu_signature']})")
+        print(f"BLEU {res['bleu_lc']:.2f}  ({res['bleu_lc_signature']})")
+        print(f"chrF {res['chrf']:.2f}  ({res['chrf_signature']})")
+        print(json.dumps(res))
+        return 0
+    print(json.dumps(run.evaluate(a.split, beam=a.beam)))
     return 0
 
 
@@ -154,7 +215,13 @@ COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_eval
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qkv`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may come after options (`qkv train --out d steps=5`): argparse leaves them over
+    if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.args = list(args.args) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return COMMANDS[args.command](args)
     except QkvError as e:

@@ -8,9 +8,9 @@ schedules are options; so are gradient clipping and gradient accumulation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import random
 import signal
 import sys
 import time
@@ -33,7 +33,7 @@ from qkv.checkpoint import (
     save_checkpoint,
 )
 from qkv.config import check, config_from_dict, config_to_dict, field_names, parse_override_value, replace
-from qkv.data import Seq2SeqBatch, Task, TaskConfig, Vocab, encode_pairs, get_task
+from qkv.data import Seq2SeqBatch, TaskConfig, build_source, encode_pairs, load_tokenizer, resolve_paths
 from qkv.decode import greedy
 from qkv.errors import QkvError
 from qkv.models import Transformer, TransformerConfig, build_transformer, count_parameters
@@ -41,7 +41,6 @@ from qkv.models import Transformer, TransformerConfig, build_transformer, count_
 __all__ = [
     "RECIPES",
     "RunConfig",
-    "TaskStream",
     "TrainConfig",
     "evaluate",
     "label_smoothed_loss",
@@ -57,7 +56,9 @@ SCHEDULES = ("noam", "inverse_sqrt", "cosine", "constant")
 @dataclass
 class TrainConfig:
     """How to train. ``lr`` is the peak learning rate, except for ``schedule="noam"`` where it
-    multiplies the paper's formula (1.0 = the paper)."""
+    multiplies the paper's formula (1.0 = the paper). ``max_tokens`` > 0 makes token-budget batches
+    (parallel text); otherwise a batch is ``batch_size`` sentences. ``bf16`` runs the forward pass
+    under bfloat16 autocast (for GPUs; slow on CPUs without AVX-512)."""
 
     steps: int = 2000
     batch_size: int = 64
@@ -75,6 +76,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0
+    max_tokens: int = 0
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         s = "train"
@@ -97,6 +100,7 @@ class TrainConfig:
         check(self.eval_every >= 1, s, "eval_every", self.eval_every, "must be >= 1")
         check(self.device in ("auto", "cpu", "cuda"), s, "device", self.device, "choose auto, cpu or cuda")
         check(self.threads >= 0, s, "threads", self.threads, "must be >= 0 (0 = torch's default)")
+        check(self.max_tokens >= 0, s, "max_tokens", self.max_tokens, "must be >= 0 (0 = batch_size sentences)")
 
 
 @dataclass
@@ -108,6 +112,16 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
 
     SECTIONS = ("model", "train", "task")
+
+    def __post_init__(self) -> None:
+        if self.task.name == "parallel":
+            check(
+                self.task.max_len + 2 <= self.model.max_len,
+                "task",
+                "max_len",
+                self.task.max_len,
+                f"must leave room for <bos>/<eos> within model.max_len={self.model.max_len}",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as stored in config.json."""
@@ -160,6 +174,17 @@ RECIPES: dict[str, RunConfig] = {
         )
         for name in ("copy", "reverse", "sort")
     },
+    # Multi30k De→En (or any parallel text) sized for a 2-core CPU: give the files with
+    # --train SRC TGT --valid SRC TGT [--test SRC TGT].
+    "multi30k": RunConfig(
+        model=TransformerConfig(
+            d_model=256, h=4, N=3, d_ff=1024, dropout=0.1, attention_dropout=0.0, max_len=128, share_embeddings="all"
+        ),
+        train=TrainConfig(
+            steps=1900, max_tokens=4096, lr=2e-3, schedule="cosine", warmup=400, min_lr=1e-5, eval_every=500
+        ),
+        task=TaskConfig(name="parallel", max_len=100, vocab_size=8000, joint_vocab=True),
+    ),
     "base": RunConfig(model=TransformerConfig(), train=TrainConfig(steps=100_000, batch_size=64)),
     "big": RunConfig(
         model=TransformerConfig(d_model=1024, h=16, N=6, d_ff=4096, dropout=0.3),
@@ -219,85 +244,166 @@ class StepStats:
 
 
 def train_step(
-    model: Transformer, optimizer: torch.optim.Optimizer, micro_batches: list[Seq2SeqBatch], cfg: TrainConfig, step: int
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[Seq2SeqBatch],
+    cfg: TrainConfig,
+    step: int,
+    *,
+    total_tokens: int | None = None,
+    world_size: int = 1,
 ) -> StepStats:
-    """One optimizer step over ``micro_batches`` (gradient accumulation); the loss is normalised by
-    the total number of target tokens, so accumulation equals one big batch."""
-    lr = lr_at(step, cfg, model.cfg.d_model)
+    """One optimizer step over ``micro_batches`` (gradient accumulation).
+
+    The loss is normalised by the number of target tokens in the whole step — ``total_tokens``, all
+    ranks together under DistributedDataParallel (which averages gradients over ``world_size``, hence
+    the factor) — so accumulation and data parallelism both equal one big batch.
+    """
+    core = unwrap(model)
+    lr = lr_at(step, cfg, core.cfg.d_model)
     for group in optimizer.param_groups:
         group["lr"] = lr
     model.train()
-    tokens = sum(b.num_target_tokens for b in micro_batches)
+    tokens = total_tokens if total_tokens is not None else sum(b.num_target_tokens for b in micro_batches)
+    device_type = next(core.parameters()).device.type
     total = 0.0
-    for b in micro_batches:
-        loss = label_smoothed_loss(model(b.src, b.tgt_in), b.tgt_out, cfg.label_smoothing, model.cfg.pad_id)
-        (loss / tokens).backward()
+    for i, b in enumerate(micro_batches):
+        sync = i == len(micro_batches) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(b.src, b.tgt_in)
+            loss = label_smoothed_loss(logits, b.tgt_out, cfg.label_smoothing, core.cfg.pad_id)
+            (loss * (world_size / tokens)).backward()
         total += loss.item()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip if cfg.clip > 0 else math.inf))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepStats(total / tokens, tokens, lr, grad_norm)
+    return StepStats(total * world_size / tokens, tokens, lr, grad_norm)
 
 
-class TaskStream:
-    """Training batches drawn from a built-in task; its position is the RNG state (JSON-serialisable)."""
-
-    def __init__(self, task: Task, src_vocab: Vocab, tgt_vocab: Vocab, batch_size: int, seed: int) -> None:
-        self.task, self.src_vocab, self.tgt_vocab, self.batch_size = task, src_vocab, tgt_vocab, batch_size
-        self.rng = random.Random(seed)
-
-    def next_batch(self) -> Seq2SeqBatch:
-        """The next batch."""
-        pairs = [self.task.train_pair(self.rng) for _ in range(self.batch_size)]
-        return encode_pairs(pairs, self.src_vocab, self.tgt_vocab)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Position in the stream."""
-        version, internal, gauss = self.rng.getstate()
-        return {"rng": [version, list(internal), gauss]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a saved position."""
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+def unwrap(model: nn.Module) -> Transformer:
+    """The Transformer inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
 
 
 @torch.no_grad()
 def evaluate(
     model: Transformer,
     pairs: list[tuple[str, str]],
-    src_vocab: Vocab,
-    tgt_vocab: Vocab,
+    src_tok: Any,
+    tgt_tok: Any,
     *,
-    batch_size: int = 256,
-    exact_match: bool = True,
+    batch_size: int = 128,
+    bleu: bool = False,
+    beam: int = 1,
 ) -> dict[str, float]:
-    """Loss (mean NLL per target token), token accuracy (teacher-forced) and exact match (greedy)."""
+    """Loss (mean NLL per target token), token accuracy (teacher-forced), exact match of the decoded
+    output (greedy, or beam search), and — with ``bleu`` — sacreBLEU BLEU and chrF on detokenized text."""
+    from qkv.decode import beam_search
+
     model.eval()
     device = next(model.parameters()).device
-    nll, correct, tokens, exact = 0.0, 0, 0, 0
+    nll, correct, tokens = 0.0, 0, 0
+    hyps: list[str] = []
+    pairs = sorted(pairs, key=lambda p: len(p[0]))  # similar lengths share a batch; metrics ignore order
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
-        b = encode_pairs(chunk, src_vocab, tgt_vocab).to(device)
+        b = encode_pairs(chunk, src_tok, tgt_tok).to(device)
         logits = model(b.src, b.tgt_in)
-        real = b.tgt_out != tgt_vocab.pad_id
-        nll += float(label_smoothed_loss(logits, b.tgt_out, 0.0, tgt_vocab.pad_id))
+        real = b.tgt_out != tgt_tok.pad_id
+        nll += float(label_smoothed_loss(logits, b.tgt_out, 0.0, tgt_tok.pad_id))
         correct += int(((logits.argmax(-1) == b.tgt_out) & real).sum())
         tokens += int(real.sum())
-        if exact_match:
-            hyps = greedy(model, b.src, bos_id=tgt_vocab.bos_id, eos_id=tgt_vocab.eos_id)
-            exact += sum(tgt_vocab.decode(h.tokens) == ref for h, (_, ref) in zip(hyps, chunk, strict=True))
-    out = {"loss": nll / tokens, "token_accuracy": correct / tokens, "n": len(pairs)}
-    if exact_match:
-        out["exact_match"] = exact / len(pairs)
+        ids = {"bos_id": tgt_tok.bos_id, "eos_id": tgt_tok.eos_id}
+        if beam == 1:
+            decoded = greedy(model, b.src, **ids)
+        else:
+            decoded = [h[0] for h in beam_search(model, b.src, beam=beam, **ids)]
+        hyps.extend(tgt_tok.decode(h.tokens) for h in decoded)
+    refs = [t for _, t in pairs]
+    out = {
+        "loss": nll / tokens,
+        "token_accuracy": correct / tokens,
+        "exact_match": sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(pairs),
+        "n": len(pairs),
+    }
+    if bleu:
+        out.update(bleu_scores(hyps, refs))
     return out
 
 
-def resolve_device(name: str) -> torch.device:
-    """ "auto" -> cuda when available, else cpu."""
+def bleu_scores(hyps: list[str], refs: list[str]) -> dict[str, Any]:
+    """sacreBLEU on detokenized text: cased BLEU, lowercased BLEU (-lc), chrF, and their signatures."""
+    import sacrebleu
+
+    cased = sacrebleu.metrics.BLEU()
+    lower = sacrebleu.metrics.BLEU(lowercase=True)
+    chrf = sacrebleu.metrics.CHRF()
+    return {
+        "bleu": cased.corpus_score(hyps, [refs]).score,
+        "bleu_lc": lower.corpus_score(hyps, [refs]).score,
+        "chrf": chrf.corpus_score(hyps, [refs]).score,
+        "bleu_signature": str(cased.get_signature()),
+        "bleu_lc_signature": str(lower.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """ "auto" -> cuda (this rank's GPU) when available, else cpu."""
     if name == "cuda" and not torch.cuda.is_available():
         raise QkvError("train.device=cuda but no CUDA device is available; use device=cpu or auto")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else name if name != "auto" else "cpu")
+    if name in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (world_size 1 without torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        """Read torchrun's environment variables."""
+        import os
+
+        return cls(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        )
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run directory and prints."""
+        return self.rank == 0
+
+    def start(self, device: torch.device) -> None:
+        """Join the process group: nccl on GPUs, gloo on CPUs."""
+        if self.world_size > 1 and not torch.distributed.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def broadcast_ok(self, ok: bool) -> bool:
+        """Rank 0's verdict (e.g. 'the run directory is usable'), on every rank."""
+        if self.world_size == 1:
+            return ok
+        flag = [ok]
+        torch.distributed.broadcast_object_list(flag, src=0)
+        return bool(flag[0])
+
+    def stop(self) -> None:
+        """Leave the process group."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _prepare_out_dir(out: Path) -> None:
@@ -346,6 +452,23 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_bytes(path, ("".join(k + "\n" for k in keep)).encode())
 
 
+TOKENIZER_FILES = ("src_tokenizer.json", "tgt_tokenizer.json")
+
+
+def load_run_tokenizers(run: Path) -> tuple[Any, Any]:
+    """The source and target tokenizers saved in a run directory."""
+    return load_tokenizer(run / TOKENIZER_FILES[0]), load_tokenizer(run / TOKENIZER_FILES[1])
+
+
+def _resolve_config(cfg: RunConfig | None, out: Path, resume: bool, overrides: list[str]) -> RunConfig:
+    if resume:
+        if not (out / "config.json").exists():
+            raise QkvError(f"{out} is not a qkv run directory (no config.json); check the path")
+        return RunConfig.from_dict(read_json(out / "config.json")).with_overrides(overrides, sections=("train",))
+    cfg = (cfg or recipe(DEFAULT_RECIPE)).with_overrides(overrides)
+    return RunConfig(model=cfg.model, train=cfg.train, task=resolve_paths(cfg.task))
+
+
 def train(
     cfg: RunConfig | None = None,
     out: Path | str = "runs/dates",
@@ -357,60 +480,114 @@ def train(
     log: Any = None,
 ) -> dict[str, Any]:
     """Train a model into run directory ``out`` (or continue it with ``resume=True``); returns the
-    summary. ``until_step`` stops early (saving a resumable checkpoint), as a kill would."""
+    summary. ``until_step`` stops early (saving a resumable checkpoint), as a kill would.
+
+    Under torchrun every rank runs this function: each builds the same global batches and trains on
+    its share; rank 0 alone evaluates and writes the run directory.
+    """
     out = Path(out)
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    if resume:
-        if not (out / "config.json").exists():
-            raise QkvError(f"{out} is not a qkv run directory (no config.json); check the path")
-        recover(out)
-        cfg = RunConfig.from_dict(read_json(out / "config.json")).with_overrides(overrides or [], sections=("train",))
-    else:
-        cfg = (cfg or recipe(DEFAULT_RECIPE)).with_overrides(overrides or [])
+    dist = Distributed.from_env()
+    log_fn = log or (lambda msg: print(msg, file=sys.stderr))
+
+    def say(msg: str) -> None:
+        if dist.main:
+            log_fn(msg)
+
+    cfg = _resolve_config(cfg, out, resume, overrides or [])
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device)
-    task = get_task(cfg.task)
-    src_vocab, tgt_vocab = task.vocabs()
-    cfg = replace_model_vocab(cfg, src_vocab, tgt_vocab)
+    device = resolve_device(tc.device, dist.local_rank)
+    dist.start(device)
+    try:
+        return _train(cfg, out, resume, until_step, progress, dist, device, say)
+    finally:
+        dist.stop()
+
+
+def _train(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool,
+    until_step: int | None,
+    progress: bool,
+    dist: Distributed,
+    device: torch.device,
+    say: Any,
+) -> dict[str, Any]:
+    tc = cfg.train
+    if resume and dist.main:
+        recover(out)
+    if not resume:  # rank 0 checks the directory first; nobody writes into an existing run
+        error = None
+        if dist.main:
+            try:
+                _prepare_out_dir(out)
+            except QkvError as e:
+                error = e
+        if not dist.broadcast_ok(error is None):
+            raise error or QkvError(f"{out} cannot be used as a new run directory")
+    tokenizers = load_run_tokenizers(out) if resume else None
+    source = build_source(cfg.task, tokenizers, log=say)
+    cfg = RunConfig(
+        model=replace(cfg.model, "model", src_vocab_size=len(source.src_tok), tgt_vocab_size=len(source.tgt_tok)),
+        train=tc,
+        task=cfg.task,
+    )
     torch.manual_seed(tc.seed)
-    model = build_transformer(cfg.model).to(device)
-    optimizer = make_optimizer(model, tc)
-    stream = TaskStream(task, src_vocab, tgt_vocab, tc.batch_size, tc.seed)
+    core = build_transformer(cfg.model).to(device)
+    optimizer = make_optimizer(core, tc)
+    stream = source.stream(tc.batch_size, tc.max_tokens, tc.seed)
     step, elapsed, tokens_seen = 0, 0.0, 0
     if resume:
-        load_weights(model, load_model_tensors(out), str(out / "model.safetensors"))
+        load_weights(core, load_model_tensors(out), str(out / "model.safetensors"))
         state = load_trainer_state(out, optimizer)
         step, elapsed, tokens_seen = state["step"], state["elapsed_s"], state["tokens_seen"]
         stream.load_state_dict(state["data"])
-        _truncate_metrics(out / "metrics.jsonl", step)
-        atomic_write_json(out / "config.json", cfg.to_dict())  # records train overrides (e.g. more steps)
-        log(f"qkv: resuming {out} at step {step}/{tc.steps}")
-    else:
-        _prepare_out_dir(out)
+        if dist.main:
+            _truncate_metrics(out / "metrics.jsonl", step)
+            atomic_write_json(out / "config.json", cfg.to_dict())  # records train overrides (e.g. more steps)
+        say(f"qkv: resuming {out} at step {step}/{tc.steps}")
+    elif dist.main:
         atomic_write_json(out / "config.json", cfg.to_dict())
-        src_vocab.save(out / "src_vocab.json")
-        tgt_vocab.save(out / "tgt_vocab.json")
-    valid = task.split("valid")
-    n_params = count_parameters(model)
-    log(f"qkv: training {n_params:,} parameters on task '{cfg.task.name}' ({device}), run directory {out}")
+        source.src_tok.save(out / TOKENIZER_FILES[0])
+        source.tgt_tok.save(out / TOKENIZER_FILES[1])
+    if dist.world_size > 1:
+        torch.manual_seed(tc.seed + 7919 * dist.rank + step)  # dropout differs per rank
+        model: nn.Module = torch.nn.parallel.DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    else:
+        model = core
+    bleu = cfg.task.name == "parallel"
+    valid = source.split("valid") if dist.main else []
+    n_params = count_parameters(core)
+    say(
+        f"qkv: training {n_params:,} parameters on task '{cfg.task.name}' ({device}"
+        f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}), run directory {out}"
+    )
 
     def checkpoint() -> None:
-        state = {"step": step, "elapsed_s": elapsed, "tokens_seen": tokens_seen, "data": stream.state_dict()}
-        save_checkpoint(out, model, optimizer, state)
+        if dist.main:
+            state = {"step": step, "elapsed_s": elapsed, "tokens_seen": tokens_seen, "data": stream.state_dict()}
+            save_checkpoint(out, core, optimizer, state)
 
-    last = until_step if until_step is not None else tc.steps
-    bar = _progress_bar(progress, initial=step, total=tc.steps)
+    last = min(until_step if until_step is not None else tc.steps, tc.steps)
+    bar = _progress_bar(progress and dist.main, initial=step, total=tc.steps)
     t_start = time.perf_counter() - elapsed
     window_t, window_tok = time.perf_counter(), 0
+    per_step = dist.world_size * tc.accum
     with _StopFlag() as flag:
-        while step < min(last, tc.steps):
-            batches = [stream.next_batch().to(device) for _ in range(tc.accum)]
-            stats = train_step(model, optimizer, batches, tc, step + 1)
+        while step < last:
+            batches = [stream.next_batch() for _ in range(per_step)]  # the global batch, same on every rank
+            total_tokens = sum(b.num_target_tokens for b in batches)
+            mine = [b.to(device) for b in batches[dist.rank :: dist.world_size]]
+            stats = train_step(
+                model, optimizer, mine, tc, step + 1, total_tokens=total_tokens, world_size=dist.world_size
+            )
             step += 1
-            tokens_seen += stats.tokens
-            window_tok += stats.tokens
+            tokens_seen += total_tokens
+            window_tok += total_tokens
             elapsed = time.perf_counter() - t_start
             if bar is not None:
                 now = time.perf_counter()
@@ -419,48 +596,46 @@ def train(
                     window_t, window_tok = now, 0
                 bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{stats.lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
                 bar.update(1)
-            if step % tc.eval_every == 0 or step == tc.steps or flag.stop or step == last:
-                metrics = evaluate(model, valid, src_vocab, tgt_vocab, exact_match=True)
-                row = {"step": step, "elapsed_s": round(elapsed, 2), "lr": stats.lr, "train_loss": stats.loss}
-                row.update({f"valid_{k}": v for k, v in metrics.items() if k != "n"})
-                checkpoint()
-                with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
-                if bar is not None:
-                    bar.write(
-                        f"step {step}: valid loss {metrics['loss']:.4f}, token acc {metrics['token_accuracy']:.4f}, "
-                        f"exact match {metrics['exact_match']:.4f}",
-                        file=sys.stderr,
-                    )
-            if flag.stop:
+            stop_now = dist.broadcast_ok(flag.stop) if dist.world_size > 1 else flag.stop
+            if step % tc.eval_every == 0 or step == last or stop_now:
+                if dist.main:
+                    metrics = evaluate(core, valid, source.src_tok, source.tgt_tok, bleu=bleu)
+                    row = {"step": step, "elapsed_s": round(elapsed, 2), "lr": stats.lr, "train_loss": stats.loss}
+                    row.update({f"valid_{k}": v for k, v in metrics.items() if k != "n" and "signature" not in k})
+                    checkpoint()
+                    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                        f.write(json.dumps(row) + "\n")
+                    shown = f"BLEU {metrics['bleu']:.2f}" if bleu else f"exact match {metrics['exact_match']:.4f}"
+                    msg = f"step {step}: valid loss {metrics['loss']:.4f}, token acc {metrics['token_accuracy']:.4f}, "
+                    (bar.write if bar is not None else say)(msg + shown, **({"file": sys.stderr} if bar else {}))
+                dist.barrier()
+                t_start = time.perf_counter() - elapsed  # evaluation time is not training time
+            if stop_now:
                 break
     if bar is not None:
         bar.close()
     if step < tc.steps:
-        log(f"qkv: stopped at step {step}/{tc.steps}; continue with: qkv train --resume {out}")
+        say(f"qkv: stopped at step {step}/{tc.steps}; continue with: qkv train --resume {out}")
         return {"step": step, "stopped": True}
-    test = task.split("test")
-    metrics = evaluate(model, test, src_vocab, tgt_vocab, exact_match=True)
-    summary = {
+    summary: dict[str, Any] = {
         "task": cfg.task.name,
         "step": step,
         "parameters": n_params,
         "train_minutes": round(elapsed / 60, 3),
         "tokens_seen": tokens_seen,
-        "test_loss": metrics["loss"],
-        "test_token_accuracy": metrics["token_accuracy"],
-        "exact_match": metrics["exact_match"],
-        "test_examples": metrics["n"],
         "device": str(device),
+        "processes": dist.world_size,
     }
-    atomic_write_json(out / "summary.json", summary)
+    if dist.main:
+        has_test = cfg.task.name != "parallel" or cfg.task.test_src is not None
+        test = source.split("test" if has_test else "valid")
+        metrics = evaluate(core, test, source.src_tok, source.tgt_tok, bleu=bleu)
+        summary["eval_split"] = "test" if has_test else "valid"
+        summary.update({("exact_match" if k == "exact_match" else f"test_{k}"): v for k, v in metrics.items()})
+        summary["test_examples"] = summary.pop("test_n")
+        atomic_write_json(out / "summary.json", summary)
+    dist.barrier()
     return summary
-
-
-def replace_model_vocab(cfg: RunConfig, src_vocab: Vocab, tgt_vocab: Vocab) -> RunConfig:
-    """Fill the model's vocabulary sizes from the tokenizers."""
-    model = replace(cfg.model, "model", src_vocab_size=len(src_vocab), tgt_vocab_size=len(tgt_vocab))
-    return RunConfig(model=model, train=cfg.train, task=cfg.task)
 
 
 def _progress_bar(enabled: bool, initial: int, total: int):

@@ -15,7 +15,7 @@ from qkv.train import TrainConfig, make_optimizer
 
 def test_run_directory_holds_everything_and_no_pickle(tiny_run):
     names = {p.name for p in tiny_run.iterdir()}
-    expected = {"config.json", "src_vocab.json", "tgt_vocab.json", "metrics.jsonl", "summary.json"}
+    expected = {"config.json", "src_tokenizer.json", "tgt_tokenizer.json", "metrics.jsonl", "summary.json"}
     assert expected | set(CHECKPOINT_FILES) <= names
     for p in tiny_run.iterdir():
         head = p.read_bytes()[:2]

@@ -95,7 +95,7 @@ def test_existing_run_is_never_overwritten(tiny_run, tiny_overrides):
     [
         ("model.safetensors", b"garbage", "model.safetensors is corrupt"),
         ("config.json", b"{not json", "config.json is corrupt"),
-        ("tgt_vocab.json", None, "tgt_vocab.json is missing"),
+        ("tgt_tokenizer.json", None, "tgt_tokenizer.json is missing"),
         ("model.safetensors", None, "model.safetensors is missing"),
     ],
 )
@@ -107,3 +107,68 @@ def test_corrupt_or_incomplete_run(tiny_run, tmp_path, victim, damage, needle):
     else:
         (run / victim).write_bytes(damage)
     assert_user_error(qkv("translate", str(run), "abc"), needle)
+
+
+def _corpus(tmp_path: Path, n: int = 120) -> dict[str, Path]:
+    words = ["Hund", "Katze", "Mann", "Frau", "Kind"]
+    english = {"Hund": "dog", "Katze": "cat", "Mann": "man", "Frau": "woman", "Kind": "child"}
+    files = {}
+    for split, count in (("train", n), ("valid", 20)):
+        de = [f"Ein {words[i % 5]} sieht eine {words[(i * 3) % 5]}." for i in range(count)]
+        en = [f"A {english[words[i % 5]]} sees a {english[words[(i * 3) % 5]]}." for i in range(count)]
+        for side, lines in (("de", de), ("en", en)):
+            p = tmp_path / f"{split}.{side}"
+            p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            files[f"{split}.{side}"] = p
+    return files
+
+
+def test_parallel_text_train_translate_evaluate(tmp_path):
+    f = _corpus(tmp_path)
+    out = tmp_path / "mt"
+    res = qkv(
+        "train",
+        "multi30k",
+        "--train",
+        str(f["train.de"]),
+        str(f["train.en"]),
+        "--valid",
+        str(f["valid.de"]),
+        str(f["valid.en"]),
+        "--out",
+        str(out),
+        "--no-progress",
+        "d_model=32",
+        "h=2",
+        "N=1",
+        "d_ff=64",
+        "steps=6",
+        "warmup=2",
+        "vocab_size=60",
+        "max_tokens=256",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "20 pairs (0 with an empty side" in res.stderr and "BLEU" in res.stdout
+    assert (out / "src_tokenizer.json").exists()
+    res = qkv("evaluate", str(out), "--src", str(f["valid.de"]), "--ref", str(f["valid.en"]), "--beam", "2")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("BLEU") and "nrefs:1|case:mixed|eff:no|tok:13a" in lines[0]
+    assert "case:lc" in lines[1] and lines[2].startswith("chrF")
+    assert json.loads(lines[3])["n"] == 20
+    res = qkv("translate", str(out), "-i", str(f["valid.de"]))
+    assert res.returncode == 0 and len(res.stdout.splitlines()) == 20
+    short = tmp_path / "short.en"
+    short.write_text("A dog.\n")
+    assert_user_error(qkv("evaluate", str(out), "--src", str(f["valid.de"]), "--ref", str(short)), "aligned")
+    assert_user_error(qkv("evaluate", str(out), "--src", str(f["valid.de"])), "both --src FILE and --ref FILE")
+
+
+def test_parallel_text_errors(tmp_path):
+    f = _corpus(tmp_path)
+    short = tmp_path / "short.en"
+    short.write_text("A dog.\n")
+    args = ["train", "multi30k", "--valid", str(f["valid.de"]), str(f["valid.en"])]
+    assert_user_error(qkv(*args, "--train", str(f["train.de"]), str(short), cwd=tmp_path), "different line counts")
+    assert_user_error(qkv(*args, "--train", str(f["train.de"]), "nope.en", cwd=tmp_path), "no such file")
+    assert_user_error(qkv("train", "multi30k", cwd=tmp_path), "task.train_src is not set")

@@ -43,7 +43,7 @@ def trained(tiny_run):
 
     run = qkv.load(tiny_run)
     texts = [s for s, _ in get_task(run.config.task).split("test")[:12]]
-    return run.model, encode_source(texts, run.src_vocab)
+    return run.model, encode_source(texts, run.src_tokenizer)
 
 
 @pytest.mark.parametrize("which", [0, 1, 2, "trained"])

@@ -1,17 +1,40 @@
-"""Data: vocabularies, built-in synthetic tasks, batching."""
+"""Data: tokenizers (fixed vocabularies, BPE), built-in synthetic tasks, parallel text, batching."""
 
 from qkv.data.batching import Seq2SeqBatch, encode_pairs, encode_source, pad
+from qkv.data.bpe import BPETokenizer, load_tokenizer
+from qkv.data.sources import (
+    ParallelSource,
+    Source,
+    SyntheticSource,
+    TaskStream,
+    TokenBudgetStream,
+    build_source,
+    resolve_paths,
+)
 from qkv.data.tasks import TASKS, Task, TaskConfig, get_task
+from qkv.data.text import ParallelText, read_lines, read_parallel
 from qkv.data.vocab import Vocab
 
 __all__ = [
     "TASKS",
+    "BPETokenizer",
+    "ParallelSource",
+    "ParallelText",
     "Seq2SeqBatch",
+    "Source",
+    "SyntheticSource",
     "Task",
     "TaskConfig",
+    "TaskStream",
+    "TokenBudgetStream",
     "Vocab",
+    "build_source",
     "encode_pairs",
     "encode_source",
     "get_task",
+    "load_tokenizer",
     "pad",
+    "read_lines",
+    "read_parallel",
+    "resolve_paths",
 ]

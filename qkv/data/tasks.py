@@ -28,7 +28,13 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 @dataclass
 class TaskConfig:
-    """Which built-in task to train on, and its sizes."""
+    """What to train on: a built-in task (``dates``, ``copy``, ``reverse``, ``sort``) generated on the
+    fly, or ``parallel`` text files (``train_src``/``train_tgt``, ``valid_*``, optional ``test_*``)
+    tokenized with BPE (``vocab_size``; one joint vocabulary or one per side).
+
+    ``max_len`` is the longest string for the letter tasks, and the most subword tokens per side for
+    parallel text (longer training pairs are filtered out, and counted).
+    """
 
     name: str = "dates"
     min_len: int = 1
@@ -36,15 +42,34 @@ class TaskConfig:
     test_size: int = 1000
     valid_size: int = 500
     test_percent: float = 2.0
+    train_src: str | None = None
+    train_tgt: str | None = None
+    valid_src: str | None = None
+    valid_tgt: str | None = None
+    test_src: str | None = None
+    test_tgt: str | None = None
+    vocab_size: int = 8000
+    joint_vocab: bool = True
 
     def __post_init__(self) -> None:
-        check(self.name in TASKS, "task", "name", self.name, f"choose one of {', '.join(TASKS)}")
+        names = (*TASKS, "parallel")
+        check(self.name in names, "task", "name", self.name, f"choose one of {', '.join(names)}")
         check(self.min_len >= 1, "task", "min_len", self.min_len, "must be >= 1")
         check(self.max_len >= self.min_len, "task", "max_len", self.max_len, "must be >= task.min_len")
-        check(self.max_len <= 64, "task", "max_len", self.max_len, "must be <= 64")
         check(self.test_size >= 1, "task", "test_size", self.test_size, "must be >= 1")
         check(self.valid_size >= 1, "task", "valid_size", self.valid_size, "must be >= 1")
         check(0 < self.test_percent < 50, "task", "test_percent", self.test_percent, "must be in (0, 50)")
+        check(self.vocab_size >= 16, "task", "vocab_size", self.vocab_size, "must be >= 16")
+        if self.name == "parallel":
+            check(
+                (self.test_src is None) == (self.test_tgt is None),
+                "task",
+                "test_src",
+                self.test_src,
+                "give both test files or neither",
+            )
+        else:
+            check(self.max_len <= 64, "task", "max_len", self.max_len, "must be <= 64 for the built-in tasks")
 
     @classmethod
     def from_dict(cls, data: dict) -> TaskConfig:

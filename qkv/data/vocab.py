@@ -63,6 +63,10 @@ class Vocab:
                 out.append(self.itos[i])
         return (" " if self.level == "word" else "").join(out)
 
+    def id_to_token(self, i: int) -> str:
+        """The symbol of one id."""
+        return self.itos[i]
+
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"type": "vocab", "level": self.level, "symbols": self.itos}
