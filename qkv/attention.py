@@ -111,7 +111,10 @@ def scaled_dot_product_attention(
     empty_rows = None
     if mask is not None:
         empty_rows = ~mask.any(dim=-1, keepdim=True)  # (..., T, 1)
-        mask = mask | empty_rows
+        if empty_rows.any():
+            mask = mask | empty_rows
+        else:
+            empty_rows = None  # the usual case: skip a pass over the output
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=_default_scale(q, scale)
     )

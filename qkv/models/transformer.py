@@ -13,7 +13,14 @@ from torch import Tensor, nn
 
 from qkv.config import check, config_from_dict, replace
 from qkv.errors import QkvError
-from qkv.layers import LayerCache, LayerStack, LayerWeights, SinusoidalPositionalEncoding, TransformerLayer
+from qkv.layers import (
+    Dropout,
+    LayerCache,
+    LayerStack,
+    LayerWeights,
+    SinusoidalPositionalEncoding,
+    TransformerLayer,
+)
 
 __all__ = [
     "TRANSFORMER_PRESETS",
@@ -33,6 +40,9 @@ class TransformerConfig:
     """Shape and regularisation of an encoder–decoder Transformer, in the paper's notation.
 
     ``N`` is the number of encoder layers and, unless ``N_dec`` is set, of decoder layers.
+    ``dropout`` acts where the paper puts it (sublayer outputs, embeddings + positions);
+    ``attention_dropout`` on attention weights (None = ``dropout``; 0 keeps the fused flash kernel on
+    CPUs); ``ffn_dropout`` on the feed-forward hidden layer (0 in the paper).
     ``share_embeddings``: "none"; "decoder" ties the target embedding to the output projection;
     "all" also ties the source embedding (needs one joint vocabulary). Vocabulary sizes of 0 are
     filled in from the tokenizers when a run is built.
@@ -45,6 +55,7 @@ class TransformerConfig:
     d_ff: int = 2048
     dropout: float = 0.1
     attention_dropout: float | None = None
+    ffn_dropout: float = 0.0
     norm_first: bool = False
     max_len: int = 256
     share_embeddings: str = "decoder"
@@ -68,6 +79,7 @@ class TransformerConfig:
             self.attention_dropout,
             "must be in [0, 1) or None (same as dropout)",
         )
+        check(0.0 <= self.ffn_dropout < 1.0, s, "ffn_dropout", self.ffn_dropout, "must be in [0, 1)")
         check(self.max_len > 0, s, "max_len", self.max_len, "must be a positive integer")
         check(
             self.share_embeddings in SHARE_CHOICES,
@@ -149,6 +161,7 @@ def _stack(cfg: TransformerConfig, num_layers: int, cross_attention: bool) -> La
             cfg.d_ff,
             cfg.dropout,
             attention_dropout=cfg.attention_dropout,
+            ffn_dropout=cfg.ffn_dropout,
             norm_first=cfg.norm_first,
             cross_attention=cross_attention,
         )
@@ -171,7 +184,7 @@ class Transformer(nn.Module):
         self.src_embed = nn.Embedding(cfg.src_vocab_size, d)
         self.tgt_embed = self.src_embed if cfg.share_embeddings == "all" else nn.Embedding(cfg.tgt_vocab_size, d)
         self.positions = SinusoidalPositionalEncoding(d, cfg.max_len)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.encoder = _stack(cfg, cfg.N, cross_attention=False)
         self.decoder = _stack(cfg, cfg.decoder_layers, cross_attention=True)
         self.generator = nn.Linear(d, cfg.tgt_vocab_size, bias=False)

@@ -1,0 +1,134 @@
+"""Training throughput of qkv's `multi30k` model against the same shape built on torch.nn.Transformer,
+and decoding speed of a trained run.
+
+Both models see the same token-budget batches, alternating step by step in one process, so that
+machine noise hits both alike. Prints target tokens/s of each and the ratio.
+
+    python benchmarks/train_speed.py --train ../shared/data/multi30k/train.de ../shared/data/multi30k/train.en \
+        [--steps 30] [--run RUN --test ../shared/data/multi30k/test_2016_flickr.de]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from torch import nn
+
+import qkv
+from qkv.data import BPETokenizer, TokenBudgetStream, read_lines, read_parallel
+from qkv.layers import SinusoidalPositionalEncoding
+from qkv.models import TransformerConfig, build_transformer
+from qkv.train import label_smoothed_loss, recipe
+
+
+class TorchTransformer(nn.Module):
+    """The reference: qkv's embedding/positions/output layout around torch.nn.Transformer."""
+
+    def __init__(self, cfg: TransformerConfig, dropout: float) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(cfg.src_vocab_size, cfg.d_model)
+        self.positions = SinusoidalPositionalEncoding(cfg.d_model, cfg.max_len)
+        self.drop = nn.Dropout(dropout)
+        self.transformer = nn.Transformer(
+            cfg.d_model, cfg.h, cfg.N, cfg.decoder_layers, cfg.d_ff, dropout, batch_first=True
+        )
+        self.generator = nn.Linear(cfg.d_model, cfg.tgt_vocab_size, bias=False)
+        self.generator.weight = self.embed.weight
+        self.scale = math.sqrt(cfg.d_model)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits."""
+        x = self.drop(self.positions(self.embed(src) * self.scale))
+        y = self.drop(self.positions(self.embed(tgt) * self.scale))
+        causal = nn.Transformer.generate_square_subsequent_mask(tgt.size(1), dtype=torch.bool)
+        out = self.transformer(
+            x,
+            y,
+            tgt_mask=causal,
+            src_key_padding_mask=src == 0,
+            memory_key_padding_mask=src == 0,
+            tgt_is_causal=True,
+        )
+        return self.generator(out)
+
+
+def step(model: nn.Module, opt: torch.optim.Optimizer, batch) -> None:
+    """One training step (forward, label-smoothed loss, backward, Adam)."""
+    loss = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out, 0.1)
+    (loss / batch.num_target_tokens).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def compare(cfg: TransformerConfig, batches, ref_dropout: float, warmup: int = 3) -> tuple[float, float]:
+    """Target tokens/s of qkv and of the reference, alternating on the same batches."""
+    torch.manual_seed(0)
+    ours = build_transformer(cfg).train()
+    theirs = TorchTransformer(cfg, ref_dropout).train()
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-4) for m in (ours, theirs)]
+    times = [0.0, 0.0]
+    tokens = 0
+    for i, batch in enumerate(batches):
+        for j, (model, opt) in enumerate(zip((ours, theirs), opts, strict=True)):
+            t0 = time.perf_counter()
+            step(model, opt, batch)
+            if i >= warmup:
+                times[j] += time.perf_counter() - t0
+        if i >= warmup:
+            tokens += batch.num_target_tokens
+    return tokens / times[0], tokens / times[1]
+
+
+def decode_speed(run_dir: str, test_src: str, limit: int) -> None:
+    """Sentences/s of greedy and beam-5 translation of the test set with a trained run."""
+    run = qkv.load(run_dir)
+    sentences = read_lines(test_src)[:limit]
+    for beam in (1, 5):
+        t0 = time.perf_counter()
+        run.translate(sentences, beam=beam)
+        dt = time.perf_counter() - t0
+        print(f"decoding, beam {beam}: {len(sentences) / dt:.1f} sentences/s ({len(sentences)} sentences, {dt:.1f} s)")
+
+
+def main() -> None:
+    """Run the benchmark."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", nargs=2, required=True, metavar=("SRC", "TGT"))
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--run", help="a trained run, for decoding speed")
+    p.add_argument("--test", help="source sentences to decode (with --run)")
+    p.add_argument("--limit", type=int, default=1000, help="most test sentences to decode")
+    a = p.parse_args()
+    rc = recipe("multi30k")
+    pairs = read_parallel(*a.train).pairs
+    tok = BPETokenizer.train([s for s, _ in pairs] + [t for _, t in pairs], rc.task.vocab_size)
+    src = tok.encode_batch([s for s, _ in pairs])
+    tgt = tok.encode_batch([t for _, t in pairs])
+    keep = [i for i in range(len(src)) if max(len(src[i]), len(tgt[i])) <= rc.task.max_len]
+    stream = TokenBudgetStream([src[i] for i in keep], [tgt[i] for i in keep], rc.train.max_tokens, seed=0)
+    batches = [stream.next_batch() for _ in range(a.steps)]
+    cfg = TransformerConfig(**{**vars(rc.model), "src_vocab_size": len(tok), "tgt_vocab_size": len(tok)})
+    print(
+        f"multi30k model: d_model {cfg.d_model}, h {cfg.h}, N {cfg.N}, d_ff {cfg.d_ff}, vocab {len(tok)}, "
+        f"max_tokens {rc.train.max_tokens}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    ours, theirs = compare(cfg, batches, ref_dropout=cfg.dropout)
+    print(
+        f"training, dropout {cfg.dropout} (qkv: attention_dropout {cfg.attention_dropout}): "
+        f"qkv {ours:,.0f} tok/s, nn.Transformer {theirs:,.0f} tok/s, ratio {ours / theirs:.2f}x"
+    )
+    cfg0 = TransformerConfig(**{**vars(cfg), "dropout": 0.0, "attention_dropout": 0.0})
+    ours0, theirs0 = compare(cfg0, batches, ref_dropout=0.0)
+    print(
+        f"training, no dropout at all: qkv {ours0:,.0f} tok/s, nn.Transformer {theirs0:,.0f} tok/s, "
+        f"ratio {ours0 / theirs0:.2f}x"
+    )
+    if a.run and a.test:
+        decode_speed(a.run, a.test, a.limit)
+
+
+if __name__ == "__main__":
+    main()
