@@ -181,7 +181,7 @@ RECIPES: dict[str, RunConfig] = {
             d_model=256, h=4, N=3, d_ff=1024, dropout=0.1, attention_dropout=0.0, max_len=128, share_embeddings="all"
         ),
         train=TrainConfig(
-            steps=2600, max_tokens=4096, lr=2e-3, schedule="cosine", warmup=400, min_lr=1e-5, eval_every=650
+            steps=2400, max_tokens=4096, lr=2e-3, schedule="cosine", warmup=400, min_lr=1e-5, eval_every=600
         ),
         task=TaskConfig(name="parallel", max_len=100, vocab_size=8000, joint_vocab=True),
     ),
