@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from qkv.train import RunConfig, bleu_scores, evaluate, load_run_tokenizers
 
 __all__ = ["Seq2SeqRun", "load"]
 
+if TYPE_CHECKING:
+    from qkv.viz.maps import AttentionMaps
+
 
 @dataclass
 class Seq2SeqRun:
@@ -29,7 +32,8 @@ class Seq2SeqRun:
     src_tokenizer: Vocab | BPETokenizer
     tgt_tokenizer: Vocab | BPETokenizer
 
-    def _encode(self, texts: list[str]) -> torch.Tensor:
+    def encode_source(self, texts: list[str]) -> torch.Tensor:
+        """Source texts -> (B, S) ids with <eos>; a text too long for the model is a QkvError."""
         limit = self.config.model.max_len - 1
         for i, text in enumerate(texts):
             n = len(self.src_tokenizer.encode(text)) + 1
@@ -56,7 +60,7 @@ class Seq2SeqRun:
         out: list[str] = [""] * len(texts)
         for i in range(0, len(texts), batch_size):
             idx = order[i : i + batch_size]
-            src = self._encode([texts[j] for j in idx])
+            src = self.encode_source([texts[j] for j in idx])
             ids = dict(bos_id=self.tgt_tokenizer.bos_id, eos_id=self.tgt_tokenizer.eos_id, max_len=max_len)
             if beam == 1:
                 hyps = greedy(self.model, src, **ids)
@@ -81,6 +85,12 @@ class Seq2SeqRun:
             )
         hyps = self.translate(sources, beam=beam, alpha=alpha)
         return {"n": len(refs), "beam": beam, **bleu_scores(hyps, refs)}
+
+    def attention(self, text: str, *, target: str | None = None, beam: int = 1) -> AttentionMaps:
+        """Every attention map (encoder, decoder, cross) of the model translating ``text``."""
+        from qkv.viz.maps import attention_maps
+
+        return attention_maps(self, text, target=target, beam=beam)
 
     def info(self) -> dict[str, Any]:
         """Config, parameter count, last metrics and summary."""

@@ -28,6 +28,12 @@ EXAMPLES = {
   qkv evaluate runs/dates --split test""",
     "info": """example:
   qkv info runs/dates""",
+    "attention": """examples:
+  qkv attention runs/dates "the fourth of july nineteen eighty seven" -o cross.png --kind cross --head all
+  qkv attention runs/dates "march third two thousand one" -o enc.svg --kind enc --layer 1 --head mean
+  qkv attention runs/dates "march third two thousand one" -o maps.json   # every map, as numbers""",
+    "serve": """example:
+  qkv serve runs/dates            # then open http://127.0.0.1:8000/""",
 }
 
 
@@ -90,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ref", type=Path, metavar="FILE", help="references for --src, one per line")
     ev.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
     ev.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty for beam search")
+
+    at = sub.add_parser("attention", help="draw attention heatmaps", epilog=EXAMPLES["attention"], formatter_class=fmt)
+    at.add_argument("run", type=Path, metavar="RUN")
+    at.add_argument("text", metavar="TEXT", help="the input sentence")
+    at.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="image or JSON file to write")
+    at.add_argument("--kind", default="cross", help="enc, dec or cross (default cross)")
+    at.add_argument("--layer", type=int, default=0, help="layer number (default 0)")
+    at.add_argument("--head", default="all", help="a head number, 'mean', or 'all' for a grid (default all)")
+    at.add_argument("--format", choices=("png", "svg", "json"), help="default: from the file name")
+    at.add_argument("--beam", type=int, default=1, help="decode with beam search to draw its translation")
+
+    sv = sub.add_parser(
+        "serve", help="the attention explorer in the browser", epilog=EXAMPLES["serve"], formatter_class=fmt
+    )
+    sv.add_argument("run", type=Path, metavar="RUN")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
 
     info = sub.add_parser("info", help="config, parameters, last metrics", epilog=EXAMPLES["info"], formatter_class=fmt)
     info.add_argument("run", type=Path, metavar="RUN")
@@ -210,7 +233,34 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "translate": cmd_translate, "evaluate": cmd_evaluate, "info": cmd_info}
+def cmd_attention(a: argparse.Namespace) -> int:
+    """``qkv attention``: write a heatmap (PNG/SVG) or every map as JSON."""
+    from qkv import api
+    from qkv.viz import save_attention
+
+    maps = api.load(a.run).attention(a.text, beam=a.beam)
+    path = save_attention(maps, a.output, kind=a.kind, layer=a.layer, head=a.head, fmt=a.format)
+    print(f"{maps.source} -> {maps.output}")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    """``qkv serve``: run the attention explorer until Ctrl-C."""
+    from qkv.viz.server import serve
+
+    serve(str(a.run), a.host, a.port)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "translate": cmd_translate,
+    "evaluate": cmd_evaluate,
+    "info": cmd_info,
+    "attention": cmd_attention,
+    "serve": cmd_serve,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

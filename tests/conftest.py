@@ -9,7 +9,7 @@ import pytest
 TINY = [
     "d_model=32",
     "h=2",
-    "N=1",
+    "N=2",
     "d_ff=64",
     "dropout=0.0",
     "steps=120",

@@ -1,0 +1,85 @@
+"""Static attention heatmaps (PNG or SVG with matplotlib), or the raw numbers as JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import Tensor
+
+from qkv.errors import QkvError
+from qkv.viz.maps import KINDS, AttentionMaps
+
+__all__ = ["MAX_TOKENS", "save_attention"]
+
+MAX_TOKENS = 60
+FORMATS = ("png", "svg", "json")
+
+
+def _heads(maps: AttentionMaps, kind: str, layer: int, head: str) -> tuple[list[Tensor], list[str]]:
+    """The (T, S) matrices to draw and their titles: one head, the mean over heads, or all heads."""
+    w = maps.maps[kind][layer][0]  # (H, T, S)
+    if head == "mean":
+        return [w.mean(0)], [f"layer {layer}, mean over {w.size(0)} heads"]
+    if head == "all":
+        return list(w), [f"head {h}" for h in range(w.size(0))]
+    h = int(head)
+    maps.check(kind, layer, h)
+    return [w[h]], [f"layer {layer}, head {h}"]
+
+
+def save_attention(
+    maps: AttentionMaps,
+    path: str | Path,
+    *,
+    kind: str,
+    layer: int = 0,
+    head: str = "all",
+    fmt: str | None = None,
+) -> Path:
+    """Write a heatmap grid of ``kind`` attention at ``layer`` for one head, the mean, or all heads."""
+    path = Path(path)
+    fmt = fmt or path.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise QkvError(f"unknown format '{fmt}': use --format png, svg or json (or a file ending in one)")
+    if head not in ("all", "mean") and not head.isdigit():
+        raise QkvError(f"--head must be a head number, 'mean' or 'all' (got {head!r})")
+    maps.check(kind, layer)
+    if fmt == "json":
+        data = maps.to_dict()
+        path.write_text(json.dumps(data), encoding="utf-8")
+        return path
+    rows, cols = maps.queries[kind], maps.keys[kind]
+    if max(len(rows), len(cols)) > MAX_TOKENS:
+        raise QkvError(
+            f"{max(len(rows), len(cols))} tokens are too many to read in a heatmap (at most {MAX_TOKENS}); "
+            "use a shorter text or --format json"
+        )
+    mats, titles = _heads(maps, kind, layer, head)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(mats)
+    ncols = min(n, 4)
+    nrows = (n + ncols - 1) // ncols
+    cell = 0.22
+    w = max(3.0, len(cols) * cell + 1.5)
+    h = max(2.5, len(rows) * cell + 1.5)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for i, (ax, m, title) in enumerate(zip(axes.flat, mats, titles, strict=False)):
+        im = ax.imshow(m.float().numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_xlabel("key (attended to)")
+        if i % ncols == 0:
+            ax.set_ylabel("query (attending)")
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
+    fig.suptitle(f"{KINDS[kind]} — {maps.source!r} → {maps.output!r}", fontsize=11)
+    fig.savefig(path, format=fmt, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,171 @@
+"""The local attention explorer: ``qkv serve RUN`` — a web page to type a sentence and see the model's
+output and every attention map (Starlette + uvicorn; the page ships in ``qkv/viz/static``).
+
+Safety: binds 127.0.0.1 by default; answers only requests whose Host header names the bound host
+(a DNS-rebinding page cannot reach it); caps the request body and the input length with a 4xx JSON
+error; serves only its own fixed files — no path or URL from a request is ever opened.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from qkv.errors import QkvError
+
+__all__ = ["create_app", "serve"]
+
+MAX_BODY = 16 * 1024  # bytes
+MAX_CHARS = 500  # characters of input text
+STATIC = {  # the only files ever served: name -> media type
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def allowed_hosts(host: str) -> set[str]:
+    """Host header names accepted for a server bound to ``host`` (loopback binds accept each
+    loopback name)."""
+    names = {host.lower().strip("[]")}
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            names |= {"127.0.0.1", "localhost", "::1"}
+    except ValueError:
+        if host == "localhost":
+            names |= {"127.0.0.1", "::1"}
+    return names
+
+
+def _host_name(header: str) -> str:
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class GuardMiddleware:
+    """Rejects a wrong Host header (421) and bodies over ``max_body`` bytes (413), as JSON."""
+
+    def __init__(self, app: ASGIApp, hosts: set[str], max_body: int) -> None:
+        self.app, self.hosts, self.max_body = app, hosts, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if _host_name(headers.get("host", "")) not in self.hosts:
+            await _error(421, "wrong Host header: this server only answers for its own address")(scope, receive, send)
+            return
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await _error(413, f"request body over {self.max_body} bytes")(scope, receive, send)
+            return
+        # Read the whole body first, up to the cap, so that the app never sees an oversized request.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await _error(413, f"request body over {self.max_body} bytes")(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, max_chars: int = MAX_CHARS) -> ASGIApp:
+    """The explorer's ASGI app for a loaded run."""
+    from qkv.viz.maps import attention_maps
+
+    static = resources.files("qkv.viz") / "static"
+
+    def page(name: str):
+        async def handler(request: Request) -> Response:
+            return Response((static / name).read_bytes(), media_type=STATIC[name])
+
+        return handler
+
+    async def info(request: Request) -> JSONResponse:
+        cfg = run.config.model
+        return JSONResponse(
+            {
+                "family": "seq2seq",
+                "run": run.path.name,
+                "task": run.config.task.name,
+                "layers": {"enc": cfg.N, "dec": cfg.decoder_layers, "cross": cfg.decoder_layers},
+                "heads": cfg.h,
+                "max_chars": max_chars,
+            }
+        )
+
+    async def attention(request: Request) -> JSONResponse:
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, 'the body must be JSON: {"text": "..."}')
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            return _error(400, 'the body must be JSON: {"text": "..."}')
+        text = body["text"].strip()
+        beam = body.get("beam", 1)
+        if not text:
+            return _error(422, "type a sentence first")
+        if len(text) > max_chars:
+            return _error(413, f"input of {len(text)} characters is over the limit of {max_chars}")
+        if not isinstance(beam, int) or not 1 <= beam <= 8:
+            return _error(422, "beam must be a whole number from 1 to 8")
+        try:
+            maps = attention_maps(run, text, beam=beam)
+        except QkvError as e:
+            return _error(422, str(e))
+        return JSONResponse(maps.to_dict())
+
+    routes = [
+        Route("/", page("index.html")),
+        Route("/static/app.js", page("app.js")),
+        Route("/static/style.css", page("style.css")),
+        Route("/api/info", info),
+        Route("/api/attention", attention, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes)
+    return GuardMiddleware(app, allowed_hosts(host), max_body)
+
+
+def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Load a run and serve the explorer until Ctrl-C."""
+    import uvicorn
+
+    from qkv.api import load
+
+    run = load(run_dir)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"qkv: warning: serving on {host} makes the explorer reachable from other machines")
+    print(f"qkv: attention explorer for {run_dir} at http://{host}:{port}/  (Ctrl-C to stop)")
+    uvicorn.run(create_app(run, host=host), host=host, port=port, log_level="warning")

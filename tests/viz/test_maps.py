@@ -1,0 +1,76 @@
+"""Attention maps as data: shapes, labels, and equality with the incremental decoder's own weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import qkv
+from qkv.errors import QkvError
+from qkv.viz import save_attention
+
+
+@pytest.fixture
+def run(tiny_run):
+    return qkv.load(tiny_run)
+
+
+def test_every_map_with_tokens_on_both_axes(run):
+    maps = run.attention("abcd")
+    cfg = run.config.model
+    assert maps.kinds == ["enc", "dec", "cross"]
+    assert maps.output == run.translate("abcd")[0]
+    S, T = 5, maps.meta["steps"]  # 4 letters + <eos>; T produced tokens
+    assert maps.queries["enc"] == ["a", "b", "c", "d", "<eos>"] == maps.keys["cross"]
+    assert maps.keys["dec"][0] == "<bos>" and len(maps.queries["dec"]) == T
+    for kind, (t, s) in {"enc": (S, S), "dec": (T, T), "cross": (T, S)}.items():
+        assert len(maps.maps[kind]) == (cfg.N if kind == "enc" else cfg.decoder_layers)
+        for w in maps.maps[kind]:
+            assert w.shape == (1, cfg.h, t, s)
+            torch.testing.assert_close(w.sum(-1), torch.ones(1, cfg.h, t))
+    assert torch.all(maps.maps["dec"][0].triu(1) == 0)
+    assert not any(isinstance(v, torch.Tensor) and v.dim() == 4 for m in run.model.modules() for v in vars(m).values())
+
+
+@torch.no_grad()
+def test_maps_equal_the_weights_of_each_incremental_decoding_step(run):
+    maps = run.attention("hello")
+    model = run.model
+    src = run.encode_source(["hello"])
+    memory, mask, _ = model.encode(src)
+    produced = run.tgt_tokenizer.encode(maps.output) + [2]
+    tgt_in = torch.tensor([[1] + produced[:-1]])
+    cache = model.new_cache()
+    for t in range(tgt_in.size(1)):
+        _, w = model.decode(tgt_in[:, t : t + 1], memory, mask, cache=cache, need_weights=True)
+        for layer in range(len(w)):
+            torch.testing.assert_close(w[layer].cross[0, :, 0], maps.maps["cross"][layer][0, :, t])
+            torch.testing.assert_close(w[layer].self_attn[0, :, 0], maps.maps["dec"][layer][0, :, t, : t + 1])
+
+
+def test_save_png_svg_json(run, tmp_path):
+    maps = run.attention("abc")
+    png = save_attention(maps, tmp_path / "a.png", kind="cross", head="all")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = save_attention(maps, tmp_path / "a.svg", kind="enc", layer=1, head="mean")
+    assert b"<svg" in svg.read_bytes()[:500]
+    data = json.loads(save_attention(maps, tmp_path / "a.json", kind="dec").read_text())
+    assert len(data["kinds"]["cross"]["weights"]) == run.config.model.decoder_layers
+    assert data["kinds"]["enc"]["queries"] == ["a", "b", "c", "<eos>"]
+
+
+def test_clear_errors(run, tmp_path):
+    maps = run.attention("abc")
+    with pytest.raises(QkvError, match="no 'self' attention"):
+        save_attention(maps, tmp_path / "a.png", kind="self")
+    with pytest.raises(QkvError, match="layer 9 does not exist"):
+        save_attention(maps, tmp_path / "a.png", kind="enc", layer=9)
+    with pytest.raises(QkvError, match="head 7 does not exist"):
+        save_attention(maps, tmp_path / "a.png", kind="enc", head="7")
+    with pytest.raises(QkvError, match="unknown format"):
+        save_attention(maps, tmp_path / "a.gif", kind="enc")
+    long = run.attention("a" * 61)
+    with pytest.raises(QkvError, match="too many to read"):
+        save_attention(long, tmp_path / "a.png", kind="enc")
