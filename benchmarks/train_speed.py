@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import qkv
-from qkv.data import BPETokenizer, TokenBudgetStream, read_lines, read_parallel
+from qkv.data import SubwordTokenizer, TokenBudgetStream, read_lines, read_parallel
 from qkv.layers import SinusoidalPositionalEncoding
 from qkv.models import TransformerConfig, build_transformer
 from qkv.train import label_smoothed_loss, recipe
@@ -104,7 +104,7 @@ def main() -> None:
     a = p.parse_args()
     rc = recipe("multi30k")
     pairs = read_parallel(*a.train).pairs
-    tok = BPETokenizer.train([s for s, _ in pairs] + [t for _, t in pairs], rc.task.vocab_size)
+    tok = SubwordTokenizer.train_bpe([s for s, _ in pairs] + [t for _, t in pairs], rc.task.vocab_size)
     src = tok.encode_batch([s for s, _ in pairs])
     tgt = tok.encode_batch([t for _, t in pairs])
     keep = [i for i in range(len(src)) if max(len(src[i]), len(tgt[i])) <= rc.task.max_len]

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from qkv.errors import QkvError
 
@@ -32,6 +33,16 @@ EXAMPLES = {
   qkv attention runs/dates "the fourth of july nineteen eighty seven" -o cross.png --kind cross --head all
   qkv attention runs/dates "march third two thousand one" -o enc.svg --kind enc --layer 1 --head mean
   qkv attention runs/dates "march third two thousand one" -o maps.json   # every map, as numbers""",
+    "generate": """examples:
+  qkv generate runs/shakespeare --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --seed 1
+  qkv generate runs/gpt2 --prompt "The Transformer" --prompt "Attention is" --temperature 0""",
+    "embed": """examples:
+  qkv embed runs/minilm "A man is eating food." "A man is riding a horse." --normalize
+  cat sentences.txt | qkv embed runs/minilm --normalize > embeddings.jsonl""",
+    "convert": """example:
+  qkv convert --from-hf path/to/bert-or-gpt2-directory --out runs/imported""",
+    "export": """example:
+  qkv export --to-hf runs/shakespeare --out hf/shakespeare   # then transformers' from_pretrained works""",
     "serve": """example:
   qkv serve runs/dates            # then open http://127.0.0.1:8000/""",
 }
@@ -71,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar=("SRC", "TGT"),
             help=f"parallel text {split} files, one sentence per line (sets task.{split}_src/_tgt)",
         )
+    t.add_argument("--text", type=Path, metavar="FILE", help="a text file for a language model (sets task.path)")
+    t.add_argument("--valid-text", type=Path, metavar="FILE", help="validation text (default: the last 10%%)")
     t.add_argument("--config", type=Path, help="a JSON file with model/train/task sections to override")
     t.add_argument("--out", type=Path, help="run directory to create (default: runs/PRESET-TIME)")
     t.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN exactly where it stopped")
@@ -101,11 +114,41 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("run", type=Path, metavar="RUN")
     at.add_argument("text", metavar="TEXT", help="the input sentence")
     at.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="image or JSON file to write")
-    at.add_argument("--kind", default="cross", help="enc, dec or cross (default cross)")
+    at.add_argument("--kind", help="enc, dec or cross for translation models (default cross); self for GPT/BERT")
     at.add_argument("--layer", type=int, default=0, help="layer number (default 0)")
     at.add_argument("--head", default="all", help="a head number, 'mean', or 'all' for a grid (default all)")
     at.add_argument("--format", choices=("png", "svg", "json"), help="default: from the file name")
     at.add_argument("--beam", type=int, default=1, help="decode with beam search to draw its translation")
+
+    g = sub.add_parser(
+        "generate", help="continue prompts with a GPT run", epilog=EXAMPLES["generate"], formatter_class=fmt
+    )
+    g.add_argument("run", type=Path, metavar="RUN")
+    g.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="text to continue (repeatable)")
+    g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to add (default 200)")
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    g.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this much probability")
+    g.add_argument("--seed", type=int, help="random seed (the same seed gives the same text)")
+
+    em = sub.add_parser(
+        "embed", help="sentence embeddings with a BERT run", epilog=EXAMPLES["embed"], formatter_class=fmt
+    )
+    em.add_argument("run", type=Path, metavar="RUN")
+    em.add_argument("text", nargs="*", metavar="TEXT", help="texts to embed (default: lines of stdin)")
+    em.add_argument("--normalize", action="store_true", help="L2-normalize each embedding")
+
+    cv = sub.add_parser(
+        "convert", help="make a run of a Hugging Face GPT-2 or BERT", epilog=EXAMPLES["convert"], formatter_class=fmt
+    )
+    cv.add_argument("--from-hf", type=Path, required=True, metavar="DIR", help="Hugging Face model directory")
+    cv.add_argument("--out", type=Path, required=True, metavar="RUN", help="run directory to create")
+
+    ex = sub.add_parser(
+        "export", help="write a GPT or BERT run for Hugging Face", epilog=EXAMPLES["export"], formatter_class=fmt
+    )
+    ex.add_argument("--to-hf", type=Path, required=True, metavar="RUN", help="the run to export")
+    ex.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to create")
 
     sv = sub.add_parser(
         "serve", help="the attention explorer in the browser", epilog=EXAMPLES["serve"], formatter_class=fmt
@@ -135,6 +178,12 @@ def cmd_train(a: argparse.Namespace) -> int:
             overrides += [f"task.{split}_src={files[0]}", f"task.{split}_tgt={files[1]}"]
             if preset == DEFAULT_RECIPE and not a.args:
                 preset = "multi30k"
+    if a.text is not None:
+        overrides.append(f"task.path={a.text}")
+        if preset == DEFAULT_RECIPE and not a.args:
+            preset = "shakespeare-char"
+    if a.valid_text is not None:
+        overrides.append(f"task.valid_path={a.valid_text}")
     if a.resume is not None:
         if a.args and "=" not in a.args[0]:
             raise QkvError("--resume continues a run with its own config: drop the preset (overrides may stay)")
@@ -148,23 +197,35 @@ def cmd_train(a: argparse.Namespace) -> int:
         summary = train(cfg, out, overrides=overrides, until_step=a.until_step, progress=not a.no_progress)
     if summary.get("stopped") or "eval_split" not in summary:  # stopped early, or not torchrun's rank 0
         return 0
-    run = api.load(out)
+    report(api.load(out), summary, out)
+    return 0
+
+
+def report(run: Any, summary: dict[str, Any], out: Path) -> None:
+    """Print what a finished training run achieved, with examples."""
+    split = summary["eval_split"]
+    minutes = f"{summary['train_minutes']:.2f} min of training; run directory: {out}"
+    if run.config.family == "gpt":
+        sample = run.generate("\n", max_new_tokens=200, temperature=0.8, seed=0)[0]
+        print(f"sample (temperature 0.8, seed 0):\n{sample}\n")
+        print(f"{split} loss {summary[f'{split}_loss']:.4f}, {summary['tokens_per_second']:,.0f} tokens/s, {minutes}")
+        return
+    if run.config.family == "bert":
+        loss, acc = summary[f"{split}_loss"], summary[f"{split}_token_accuracy"]
+        print(f"{split} masked-LM loss {loss:.4f}, masked-token accuracy {acc:.4f}, {minutes}")
+        return
     from qkv.data import build_source
 
-    split = summary["eval_split"]
     examples = build_source(run.config.task, (run.src_tokenizer, run.tgt_tokenizer)).split(split)[:5]
     print(f"examples ({split} split):")
     for (src, ref), hyp in zip(examples, run.translate([s for s, _ in examples]), strict=True):
         mark = "ok" if hyp == ref else f"expected {ref}"
         print(f"  {src}  ->  {hyp}   [{mark}]")
-    score = f"BLEU {summary['test_bleu']:.2f} (greedy)" if "test_bleu" in summary else "exact match"
-    if "test_bleu" not in summary:
+    if f"{split}_bleu" in summary:
+        score = f"BLEU {summary[f'{split}_bleu']:.2f} (greedy)"
+    else:
         score = f"exact match {summary['exact_match']:.4f}"
-    print(
-        f"{score} on {summary['test_examples']} held-out examples ({split}), "
-        f"{summary['train_minutes']:.2f} min of training; run directory: {out}"
-    )
-    return 0
+    print(f"{score} on {summary[f'{split}_examples']} held-out examples ({split}), {minutes}")
 
 
 def config_file_overrides(path: Path) -> list[str]:
@@ -195,6 +256,7 @@ def cmd_translate(a: argparse.Namespace) -> int:
     from qkv.data import read_lines
 
     run = api.load(a.run)
+    _need(run, "seq2seq", "translate")
     if a.input is not None:
         texts = list(a.text) + read_lines(a.input)
     else:
@@ -212,6 +274,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from qkv import api
 
     run = api.load(a.run)
+    if run.config.family != "seq2seq":
+        if a.src is not None or a.ref is not None:
+            raise QkvError("--src/--ref score translations; this is a language-model run")
+        from qkv.families import make_family
+
+        family = make_family(run.config, (run.tokenizer,))
+        print(json.dumps(family.evaluate(run.model, "valid")))  # language models hold out one split
+        return 0
     if (a.src is None) != (a.ref is None):
         raise QkvError("give both --src FILE and --ref FILE, or neither (to use the run's test split)")
     if a.src is not None:
@@ -238,10 +308,74 @@ def cmd_attention(a: argparse.Namespace) -> int:
     from qkv import api
     from qkv.viz import save_attention
 
-    maps = api.load(a.run).attention(a.text, beam=a.beam)
-    path = save_attention(maps, a.output, kind=a.kind, layer=a.layer, head=a.head, fmt=a.format)
+    run = api.load(a.run)
+    seq2seq = run.config.family == "seq2seq"
+    maps = run.attention(a.text, beam=a.beam) if seq2seq else run.attention(a.text)
+    kind = a.kind or ("cross" if seq2seq else "self")
+    path = save_attention(maps, a.output, kind=kind, layer=a.layer, head=a.head, fmt=a.format)
     print(f"{maps.source} -> {maps.output}")
     print(f"wrote {path}")
+    return 0
+
+
+def _need(run: Any, family: str, verb: str) -> None:
+    if run.config.family != family:
+        raise QkvError(f"`qkv {verb}` needs a {family} run; {run.path} is a {run.config.family} run")
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    """``qkv generate``: stream a continuation of one prompt, or print each of several."""
+    from qkv import api
+
+    run = api.load(a.run)
+    _need(run, "gpt", "generate")
+    opts = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
+    if len(a.prompt) == 1:
+        sys.stdout.write(a.prompt[0])
+        sys.stdout.flush()
+
+        def show(piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        run.generate(a.prompt, on_text=show, **opts)
+        sys.stdout.write("\n")
+        return 0
+    for prompt, text in zip(a.prompt, run.generate(a.prompt, **opts), strict=True):
+        print(prompt + text)
+        print("---")
+    return 0
+
+
+def cmd_embed(a: argparse.Namespace) -> int:
+    """``qkv embed``: one JSON line per text: {"text", "embedding"}."""
+    from qkv import api
+
+    run = api.load(a.run)
+    _need(run, "bert", "embed")
+    texts = a.text if a.text else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise QkvError("nothing to embed: give TEXT arguments or lines on stdin")
+    for text, vec in zip(texts, run.embed(texts, normalize=a.normalize), strict=True):
+        print(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vec]}))
+    return 0
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    """``qkv convert --from-hf``: a run directory of a Hugging Face model."""
+    from qkv.interop import convert_from_hf
+
+    out = convert_from_hf(a.from_hf, a.out)
+    print(f"wrote run directory {out}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    """``qkv export --to-hf``: a Hugging Face directory of a run."""
+    from qkv.interop import export_to_hf
+
+    out = export_to_hf(a.to_hf, a.out)
+    print(f"wrote Hugging Face directory {out}")
     return 0
 
 
@@ -259,6 +393,10 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "info": cmd_info,
     "attention": cmd_attention,
+    "generate": cmd_generate,
+    "embed": cmd_embed,
+    "convert": cmd_convert,
+    "export": cmd_export,
     "serve": cmd_serve,
 }
 

@@ -1,4 +1,5 @@
-"""Decoding an encoder–decoder model: greedy and beam search, both incremental on the KV cache.
+"""Decoding: greedy and beam search for encoder–decoder models, sampling for decoder-only models —
+all incremental on the KV cache.
 
 Decoding is a few named steps: ``encode`` the source once (cross-attention K/V are computed from the
 memory at the first step and kept), then ``next_log_probs`` per step, feeding only the newest token
@@ -10,7 +11,9 @@ Shapes: B sentences, K beams, S source length, V target vocabulary.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,7 +21,7 @@ from torch import Tensor
 from qkv.errors import QkvError
 from qkv.models.transformer import DecoderCache, Transformer
 
-__all__ = ["Hypothesis", "beam_search", "greedy", "length_penalty", "next_log_probs"]
+__all__ = ["Hypothesis", "beam_search", "generate", "greedy", "length_penalty", "next_log_probs", "sample_next"]
 
 
 @dataclass
@@ -166,3 +169,116 @@ def beam_search(
                     toks = ys[b * K + k, 1:].tolist()
                     ended[b].append(Hypothesis(toks, s, s / length_penalty(len(toks), alpha)))
     return [sorted(h, key=lambda x: -x.score)[:K] for h in ended]
+
+
+def sample_next(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generators: list[torch.Generator] | None = None,
+) -> Tensor:
+    """Next tokens (B,) from logits (B, V): greedy when ``temperature`` is 0, else sampled from the
+    tempered distribution, cut to the ``top_k`` most likely and to the smallest set with mass ≥ ``top_p``.
+    Row b draws its uniform number from ``generators[b]``, so a row's tokens do not depend on the batch."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # mass before this token already reaches top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    cdf = probs.cumsum(dim=-1)  # (B, V)
+    if generators is None:
+        u = torch.rand(probs.size(0), 1)
+    else:
+        u = torch.stack([torch.rand(1, generator=g) for g in generators])  # (B, 1)
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
+    return tok.clamp(max=probs.size(-1) - 1)
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos_id: int | None = None,
+    pad_id: int = 0,
+    use_cache: bool = True,
+    suppress: list[int] | None = None,
+    on_step: Callable[[Tensor], None] | None = None,
+) -> list[list[int]]:
+    """Continue each prompt (a list of token ids) with a decoder-only model, on the KV cache.
+
+    Prompts of different lengths are left-padded; padding is masked out and positions start at each
+    prompt's first token, so a prompt gives the same tokens in a batch as alone. Each row samples from
+    its own generator seeded with ``seed``. Once the sequence outgrows the model's context, each step
+    reads the last ``max_len`` tokens afresh (learned positions cannot slide inside a cache), as nanoGPT
+    does. Ids in ``suppress`` are never produced (e.g. special symbols a text model never saw).
+    ``on_step`` sees each step's new tokens (B,) as they come. Returns the new tokens of each prompt
+    (up to and including ``eos_id``).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise QkvError("every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise QkvError(f"max_new_tokens must be >= 1 (got {max_new_tokens})")
+    B, L, W = len(prompts), max(len(p) for p in prompts), model.cfg.max_len
+    if L > W:
+        raise QkvError(f"the prompt has {L} tokens but the model's context is {W}; shorten the prompt")
+    model.eval()
+    seq = torch.full((B, L), pad_id, dtype=torch.long)  # (B, L) grows by one column per step
+    key_mask = torch.zeros(B, L, dtype=torch.bool)
+    for b, p in enumerate(prompts):
+        seq[b, L - len(p) :] = torch.tensor(p)
+        key_mask[b, L - len(p) :] = True
+    base_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
+    generators = [torch.Generator().manual_seed(base_seed) for _ in range(B)]
+    cache = model.new_cache(min(W, L + max_new_tokens)) if use_cache else None
+
+    def read(tokens: Tensor, mask: Tensor, cached: DecoderCache | None, new: int) -> Tensor:
+        """Logits (B, V) after feeding the last ``new`` columns of ``tokens`` (all of them without a cache)."""
+        padded = not bool(mask.all())
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, S): 0 at each row's first real token
+        logits, _ = model.decode(
+            tokens[:, -new:],
+            key_mask=mask if padded else None,
+            positions=positions[:, -new:] if padded else None,
+            cache=cached,
+            last_only=True,
+        )
+        return logits[:, -1]
+
+    logits = read(seq, key_mask, cache, L)  # prefill
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    for t in range(max_new_tokens):
+        if suppress:
+            logits[:, suppress] = float("-inf")
+        nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generators=generators)  # (B,)
+        for b, tok in enumerate(nxt.tolist()):
+            if not done[b]:
+                out[b].append(tok)
+                done[b] = tok == eos_id
+        if on_step is not None:
+            on_step(nxt)
+        if all(done) or t == max_new_tokens - 1:
+            break
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+        key_mask = torch.cat([key_mask, torch.ones(B, 1, dtype=torch.bool)], dim=1)
+        if cache is not None and seq.size(1) <= W:
+            logits = read(seq, key_mask, cache, 1)  # one new token on the cache
+        else:  # no cache, or past the context: read the last W tokens afresh
+            cache = None
+            logits = read(seq[:, -W:], key_mask[:, -W:], None, min(seq.size(1), W))
+    return out

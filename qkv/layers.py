@@ -89,10 +89,12 @@ class LearnedPositionalEmbedding(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(max_len, d_model)
 
-    def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        """Add the embeddings of positions offset .. offset+T-1 to x (B, T, d_model)."""
-        pos = torch.arange(offset, offset + x.size(1), device=x.device)
-        return x + self.embedding(pos)
+    def forward(self, x: Tensor, offset: int = 0, positions: Tensor | None = None) -> Tensor:
+        """Add the embeddings of positions offset .. offset+T-1 (or of explicit ``positions`` (B, T),
+        e.g. for left-padded batches) to x (B, T, d_model)."""
+        if positions is None:
+            positions = torch.arange(offset, offset + x.size(1), device=x.device)
+        return x + self.embedding(positions)
 
 
 class FeedForward(nn.Module):

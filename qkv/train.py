@@ -14,13 +14,13 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from qkv.checkpoint import (
     atomic_write_bytes,
@@ -32,173 +32,29 @@ from qkv.checkpoint import (
     recover,
     save_checkpoint,
 )
-from qkv.config import check, config_from_dict, config_to_dict, field_names, parse_override_value, replace
-from qkv.data import Seq2SeqBatch, TaskConfig, build_source, encode_pairs, load_tokenizer, resolve_paths
-from qkv.decode import greedy
+from qkv.config import replace as replace_section
+from qkv.data import resolve_paths
 from qkv.errors import QkvError
-from qkv.models import Transformer, TransformerConfig, build_transformer, count_parameters
+from qkv.families import Family, bleu_scores, evaluate, load_run_tokenizers, make_family
+from qkv.models import count_parameters
+from qkv.objectives import label_smoothed_loss
+from qkv.recipes import DEFAULT_RECIPE, RECIPES, RunConfig, TrainConfig, recipe
 
 __all__ = [
+    "DEFAULT_RECIPE",
     "RECIPES",
     "RunConfig",
     "TrainConfig",
+    "bleu_scores",
     "evaluate",
     "label_smoothed_loss",
+    "load_run_tokenizers",
     "lr_at",
     "make_optimizer",
+    "recipe",
     "train",
     "train_step",
 ]
-
-SCHEDULES = ("noam", "inverse_sqrt", "cosine", "constant")
-
-
-@dataclass
-class TrainConfig:
-    """How to train. ``lr`` is the peak learning rate, except for ``schedule="noam"`` where it
-    multiplies the paper's formula (1.0 = the paper). ``max_tokens`` > 0 makes token-budget batches
-    (parallel text); otherwise a batch is ``batch_size`` sentences. ``bf16`` runs the forward pass
-    under bfloat16 autocast (for GPUs; slow on CPUs without AVX-512)."""
-
-    steps: int = 2000
-    batch_size: int = 64
-    accum: int = 1
-    lr: float = 1.0
-    schedule: str = "noam"
-    warmup: int = 4000
-    min_lr: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-9
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.1
-    clip: float = 1.0
-    eval_every: int = 500
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
-    max_tokens: int = 0
-    bf16: bool = False
-
-    def __post_init__(self) -> None:
-        s = "train"
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
-        check(self.steps >= 1, s, "steps", self.steps, "must be >= 1")
-        check(self.batch_size >= 1, s, "batch_size", self.batch_size, "must be >= 1")
-        check(self.accum >= 1, s, "accum", self.accum, "must be >= 1")
-        check(self.lr > 0, s, "lr", self.lr, "must be > 0")
-        check(self.schedule in SCHEDULES, s, "schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
-        check(self.warmup >= 0, s, "warmup", self.warmup, "must be >= 0")
-        check(self.schedule != "noam" or self.warmup > 0, s, "warmup", self.warmup, "noam needs warmup > 0")
-        check(0 <= self.min_lr, s, "min_lr", self.min_lr, "must be >= 0")
-        check(
-            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), s, "betas", self.betas, "two values in [0, 1)"
-        )
-        check(self.eps > 0, s, "eps", self.eps, "must be > 0")
-        check(self.weight_decay >= 0, s, "weight_decay", self.weight_decay, "must be >= 0")
-        check(0 <= self.label_smoothing < 1, s, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
-        check(self.clip >= 0, s, "clip", self.clip, "must be >= 0 (0 turns clipping off)")
-        check(self.eval_every >= 1, s, "eval_every", self.eval_every, "must be >= 1")
-        check(self.device in ("auto", "cpu", "cuda"), s, "device", self.device, "choose auto, cpu or cuda")
-        check(self.threads >= 0, s, "threads", self.threads, "must be >= 0 (0 = torch's default)")
-        check(self.max_tokens >= 0, s, "max_tokens", self.max_tokens, "must be >= 0 (0 = batch_size sentences)")
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines a run: the model, the training, the data."""
-
-    model: TransformerConfig = field(default_factory=TransformerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
-
-    SECTIONS = ("model", "train", "task")
-
-    def __post_init__(self) -> None:
-        if self.task.name == "parallel":
-            check(
-                self.task.max_len + 2 <= self.model.max_len,
-                "task",
-                "max_len",
-                self.task.max_len,
-                f"must leave room for <bos>/<eos> within model.max_len={self.model.max_len}",
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, as stored in config.json."""
-        return {"family": "seq2seq", **{s: config_to_dict(getattr(self, s)) for s in self.SECTIONS}}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            model=TransformerConfig.from_dict(data["model"]),
-            train=config_from_dict(TrainConfig, data["train"], "train"),
-            task=TaskConfig.from_dict(data["task"]),
-        )
-
-    def with_overrides(self, overrides: list[str], sections: tuple[str, ...] = SECTIONS) -> RunConfig:
-        """Apply ``key=value`` strings; ``key`` is ``section.field`` or a field name unique to one section."""
-        changes: dict[str, dict[str, Any]] = {s: {} for s in self.SECTIONS}
-        classes = {"model": TransformerConfig, "train": TrainConfig, "task": TaskConfig}
-        for item in overrides:
-            if "=" not in item or item.startswith("="):
-                raise QkvError(f"malformed override {item!r}: write KEY=VALUE, e.g. d_model=256 or train.steps=500")
-            key, value = item.split("=", 1)
-            if "." in key:
-                section, name = key.split(".", 1)
-                if section not in self.SECTIONS:
-                    raise QkvError(f"unknown section '{section}' in {item!r}: use {', '.join(self.SECTIONS)}")
-            else:
-                owners = [s for s in self.SECTIONS if key in field_names(classes[s])]
-                if len(owners) > 1:
-                    raise QkvError(f"'{key}' is ambiguous: write {' or '.join(f'{s}.{key}' for s in owners)}")
-                section, name = (owners[0] if owners else "train"), key
-            if section not in sections:
-                raise QkvError(f"{section}.{name} cannot change when resuming; only {', '.join(sections)} can")
-            changes[section][name] = parse_override_value(classes[section], name, value, section)
-        return RunConfig(**{s: replace(getattr(self, s), s, **changes[s]) for s in self.SECTIONS})
-
-
-# Named recipes for `qkv train PRESET`. "dates" is the built-in default.
-RECIPES: dict[str, RunConfig] = {
-    "dates": RunConfig(
-        model=TransformerConfig(d_model=128, h=4, N=2, d_ff=512, dropout=0.1, max_len=64),
-        train=TrainConfig(steps=2000, batch_size=64, lr=2e-3, schedule="cosine", warmup=200, eval_every=500),
-        task=TaskConfig(name="dates"),
-    ),
-    **{
-        name: RunConfig(
-            model=TransformerConfig(d_model=128, h=4, N=2, d_ff=512, dropout=0.1, max_len=64),
-            train=TrainConfig(steps=2000, batch_size=64, lr=2e-3, schedule="cosine", warmup=200, eval_every=500),
-            task=TaskConfig(name=name),
-        )
-        for name in ("copy", "reverse", "sort")
-    },
-    # Multi30k De→En (or any parallel text) sized for a 2-core CPU: give the files with
-    # --train SRC TGT --valid SRC TGT [--test SRC TGT].
-    "multi30k": RunConfig(
-        model=TransformerConfig(
-            d_model=256, h=4, N=3, d_ff=1024, dropout=0.1, attention_dropout=0.0, max_len=128, share_embeddings="all"
-        ),
-        train=TrainConfig(
-            steps=2400, max_tokens=4096, lr=2e-3, schedule="cosine", warmup=400, min_lr=1e-5, eval_every=600
-        ),
-        task=TaskConfig(name="parallel", max_len=100, vocab_size=8000, joint_vocab=True),
-    ),
-    "base": RunConfig(model=TransformerConfig(), train=TrainConfig(steps=100_000, batch_size=64)),
-    "big": RunConfig(
-        model=TransformerConfig(d_model=1024, h=16, N=6, d_ff=4096, dropout=0.3),
-        train=TrainConfig(steps=300_000, batch_size=64),
-    ),
-}
-DEFAULT_RECIPE = "dates"
-
-
-def recipe(name: str) -> RunConfig:
-    """The named recipe (see ``RECIPES``)."""
-    if name not in RECIPES:
-        raise QkvError(f"unknown preset '{name}': choose one of {', '.join(RECIPES)}")
-    return RECIPES[name]
 
 
 def lr_at(step: int, cfg: TrainConfig, d_model: int) -> float:
@@ -216,21 +72,17 @@ def lr_at(step: int, cfg: TrainConfig, d_model: int) -> float:
     return cfg.lr
 
 
-def label_smoothed_loss(logits: Tensor, target: Tensor, eps: float, pad_id: int = 0) -> Tensor:
-    """Sum over non-pad targets of (1-ε)·NLL + ε·mean_v(-log p_v); logits (B, T, V), target (B, T)."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        target.reshape(-1),
-        ignore_index=pad_id,
-        label_smoothing=eps,
-        reduction="sum",
-    )
-
-
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (AdamW when weight_decay > 0) with the config's betas and eps."""
-    cls = torch.optim.AdamW if cfg.weight_decay > 0 else torch.optim.Adam
-    return cls(model.parameters(), lr=0.0, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    """Adam with the config's betas and eps; with weight_decay > 0, AdamW decaying only the matrices
+    and embeddings (not biases or LayerNorm gains)."""
+    if cfg.weight_decay == 0:
+        return torch.optim.Adam(model.parameters(), lr=0.0, betas=cfg.betas, eps=cfg.eps)
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, eps=cfg.eps)
 
 
 @dataclass
@@ -246,10 +98,11 @@ class StepStats:
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    micro_batches: list[Seq2SeqBatch],
+    micro_batches: list[Any],
     cfg: TrainConfig,
     step: int,
     *,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     total_tokens: int | None = None,
     world_size: int = 1,
 ) -> StepStats:
@@ -257,9 +110,15 @@ def train_step(
 
     The loss is normalised by the number of target tokens in the whole step — ``total_tokens``, all
     ranks together under DistributedDataParallel (which averages gradients over ``world_size``, hence
-    the factor) — so accumulation and data parallelism both equal one big batch.
+    the factor) — so accumulation and data parallelism both equal one big batch. ``loss_fn(model,
+    batch)`` gives a batch's summed loss (default: the seq2seq label-smoothed loss).
     """
     core = unwrap(model)
+    if loss_fn is None:
+
+        def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
+            return label_smoothed_loss(m(b.src, b.tgt_in), b.tgt_out, cfg.label_smoothing, core.cfg.pad_id)
+
     lr = lr_at(step, cfg, core.cfg.d_model)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -271,8 +130,7 @@ def train_step(
         sync = i == len(micro_batches) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = model(b.src, b.tgt_in)
-            loss = label_smoothed_loss(logits, b.tgt_out, cfg.label_smoothing, core.cfg.pad_id)
+                loss = loss_fn(model, b)
             (loss * (world_size / tokens)).backward()
         total += loss.item()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip if cfg.clip > 0 else math.inf))
@@ -281,72 +139,9 @@ def train_step(
     return StepStats(total * world_size / tokens, tokens, lr, grad_norm)
 
 
-def unwrap(model: nn.Module) -> Transformer:
-    """The Transformer inside a DistributedDataParallel wrapper (or the model itself)."""
+def unwrap(model: nn.Module) -> Any:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
-
-
-@torch.no_grad()
-def evaluate(
-    model: Transformer,
-    pairs: list[tuple[str, str]],
-    src_tok: Any,
-    tgt_tok: Any,
-    *,
-    batch_size: int = 128,
-    bleu: bool = False,
-    beam: int = 1,
-) -> dict[str, float]:
-    """Loss (mean NLL per target token), token accuracy (teacher-forced), exact match of the decoded
-    output (greedy, or beam search), and — with ``bleu`` — sacreBLEU BLEU and chrF on detokenized text."""
-    from qkv.decode import beam_search
-
-    model.eval()
-    device = next(model.parameters()).device
-    nll, correct, tokens = 0.0, 0, 0
-    hyps: list[str] = []
-    pairs = sorted(pairs, key=lambda p: len(p[0]))  # similar lengths share a batch; metrics ignore order
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i : i + batch_size]
-        b = encode_pairs(chunk, src_tok, tgt_tok).to(device)
-        logits = model(b.src, b.tgt_in)
-        real = b.tgt_out != tgt_tok.pad_id
-        nll += float(label_smoothed_loss(logits, b.tgt_out, 0.0, tgt_tok.pad_id))
-        correct += int(((logits.argmax(-1) == b.tgt_out) & real).sum())
-        tokens += int(real.sum())
-        ids = {"bos_id": tgt_tok.bos_id, "eos_id": tgt_tok.eos_id}
-        if beam == 1:
-            decoded = greedy(model, b.src, **ids)
-        else:
-            decoded = [h[0] for h in beam_search(model, b.src, beam=beam, **ids)]
-        hyps.extend(tgt_tok.decode(h.tokens) for h in decoded)
-    refs = [t for _, t in pairs]
-    out = {
-        "loss": nll / tokens,
-        "token_accuracy": correct / tokens,
-        "exact_match": sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(pairs),
-        "n": len(pairs),
-    }
-    if bleu:
-        out.update(bleu_scores(hyps, refs))
-    return out
-
-
-def bleu_scores(hyps: list[str], refs: list[str]) -> dict[str, Any]:
-    """sacreBLEU on detokenized text: cased BLEU, lowercased BLEU (-lc), chrF, and their signatures."""
-    import sacrebleu
-
-    cased = sacrebleu.metrics.BLEU()
-    lower = sacrebleu.metrics.BLEU(lowercase=True)
-    chrf = sacrebleu.metrics.CHRF()
-    return {
-        "bleu": cased.corpus_score(hyps, [refs]).score,
-        "bleu_lc": lower.corpus_score(hyps, [refs]).score,
-        "chrf": chrf.corpus_score(hyps, [refs]).score,
-        "bleu_signature": str(cased.get_signature()),
-        "bleu_lc_signature": str(lower.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
-    }
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -452,21 +247,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_bytes(path, ("".join(k + "\n" for k in keep)).encode())
 
 
-TOKENIZER_FILES = ("src_tokenizer.json", "tgt_tokenizer.json")
-
-
-def load_run_tokenizers(run: Path) -> tuple[Any, Any]:
-    """The source and target tokenizers saved in a run directory."""
-    return load_tokenizer(run / TOKENIZER_FILES[0]), load_tokenizer(run / TOKENIZER_FILES[1])
-
-
 def _resolve_config(cfg: RunConfig | None, out: Path, resume: bool, overrides: list[str]) -> RunConfig:
     if resume:
         if not (out / "config.json").exists():
             raise QkvError(f"{out} is not a qkv run directory (no config.json); check the path")
         return RunConfig.from_dict(read_json(out / "config.json")).with_overrides(overrides, sections=("train",))
     cfg = (cfg or recipe(DEFAULT_RECIPE)).with_overrides(overrides)
-    return RunConfig(model=cfg.model, train=cfg.train, task=resolve_paths(cfg.task))
+    if cfg.family == "seq2seq":
+        return RunConfig(model=cfg.model, train=cfg.train, task=resolve_paths(cfg.task))
+    task = cfg.task
+    paths = {k: str(Path(v).expanduser().resolve()) for k in ("path", "valid_path") if (v := getattr(task, k))}
+    return RunConfig(model=cfg.model, train=cfg.train, task=replace_section(task, "task", **paths))
 
 
 def train(
@@ -527,17 +318,14 @@ def _train(
                 error = e
         if not dist.broadcast_ok(error is None):
             raise error or QkvError(f"{out} cannot be used as a new run directory")
-    tokenizers = load_run_tokenizers(out) if resume else None
-    source = build_source(cfg.task, tokenizers, log=say)
-    cfg = RunConfig(
-        model=replace(cfg.model, "model", src_vocab_size=len(source.src_tok), tgt_vocab_size=len(source.tgt_tok)),
-        train=tc,
-        task=cfg.task,
-    )
+    tokenizers = load_run_tokenizers(out, cfg.family) if resume else None
+    family: Family = make_family(cfg, tokenizers, log=say)
+    cfg = RunConfig(model=family.model_config(), train=tc, task=cfg.task)
     torch.manual_seed(tc.seed)
-    core = build_transformer(cfg.model).to(device)
-    optimizer = make_optimizer(core, tc)
-    stream = source.stream(tc.batch_size, tc.max_tokens, tc.seed)
+    core, trained = family.build(cfg.model)
+    core.to(device)
+    optimizer = make_optimizer(trained, tc)
+    stream = family.stream()
     step, elapsed, tokens_seen = 0, 0.0, 0
     if resume:
         load_weights(core, load_model_tensors(out), str(out / "model.safetensors"))
@@ -550,20 +338,18 @@ def _train(
         say(f"qkv: resuming {out} at step {step}/{tc.steps}")
     elif dist.main:
         atomic_write_json(out / "config.json", cfg.to_dict())
-        source.src_tok.save(out / TOKENIZER_FILES[0])
-        source.tgt_tok.save(out / TOKENIZER_FILES[1])
+        family.save_tokenizers(out)
     if dist.world_size > 1:
         torch.manual_seed(tc.seed + 7919 * dist.rank + step)  # dropout differs per rank
         model: nn.Module = torch.nn.parallel.DistributedDataParallel(
-            core, device_ids=[device.index] if device.type == "cuda" else None
+            trained, device_ids=[device.index] if device.type == "cuda" else None
         )
     else:
-        model = core
-    bleu = cfg.task.name == "parallel"
-    valid = source.split("valid") if dist.main else []
+        model = trained
     n_params = count_parameters(core)
+    what = cfg.task.name if cfg.family == "seq2seq" else f"text {Path(cfg.task.path or '').name}"
     say(
-        f"qkv: training {n_params:,} parameters on task '{cfg.task.name}' ({device}"
+        f"qkv: training a {n_params:,}-parameter {cfg.family} model on {what} ({device}"
         f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}), run directory {out}"
     )
 
@@ -571,6 +357,9 @@ def _train(
         if dist.main:
             state = {"step": step, "elapsed_s": elapsed, "tokens_seen": tokens_seen, "data": stream.state_dict()}
             save_checkpoint(out, core, optimizer, state)
+
+    def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
+        return family.loss_sum(m, b, tc.label_smoothing)
 
     last = min(until_step if until_step is not None else tc.steps, tc.steps)
     bar = _progress_bar(progress and dist.main, initial=step, total=tc.steps)
@@ -583,7 +372,14 @@ def _train(
             total_tokens = sum(b.num_target_tokens for b in batches)
             mine = [b.to(device) for b in batches[dist.rank :: dist.world_size]]
             stats = train_step(
-                model, optimizer, mine, tc, step + 1, total_tokens=total_tokens, world_size=dist.world_size
+                model,
+                optimizer,
+                mine,
+                tc,
+                step + 1,
+                loss_fn=loss_fn,
+                total_tokens=total_tokens,
+                world_size=dist.world_size,
             )
             step += 1
             tokens_seen += total_tokens
@@ -599,15 +395,17 @@ def _train(
             stop_now = dist.broadcast_ok(flag.stop) if dist.world_size > 1 else flag.stop
             if step % tc.eval_every == 0 or step == last or stop_now:
                 if dist.main:
-                    metrics = evaluate(core, valid, source.src_tok, source.tgt_tok, bleu=bleu)
+                    metrics = family.evaluate(core, "valid")
                     row = {"step": step, "elapsed_s": round(elapsed, 2), "lr": stats.lr, "train_loss": stats.loss}
                     row.update({f"valid_{k}": v for k, v in metrics.items() if k != "n" and "signature" not in k})
                     checkpoint()
                     with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
                         f.write(json.dumps(row) + "\n")
-                    shown = f"BLEU {metrics['bleu']:.2f}" if bleu else f"exact match {metrics['exact_match']:.4f}"
-                    msg = f"step {step}: valid loss {metrics['loss']:.4f}, token acc {metrics['token_accuracy']:.4f}, "
-                    (bar.write if bar is not None else say)(msg + shown, **({"file": sys.stderr} if bar else {}))
+                    msg = f"step {step}: {family.headline(metrics)}"
+                    if bar is not None:
+                        bar.write(msg, file=sys.stderr)
+                    else:
+                        say(msg)
                 dist.barrier()
                 t_start = time.perf_counter() - elapsed  # evaluation time is not training time
             if stop_now:
@@ -618,21 +416,22 @@ def _train(
         say(f"qkv: stopped at step {step}/{tc.steps}; continue with: qkv train --resume {out}")
         return {"step": step, "stopped": True}
     summary: dict[str, Any] = {
+        "family": cfg.family,
         "task": cfg.task.name,
         "step": step,
         "parameters": n_params,
         "train_minutes": round(elapsed / 60, 3),
         "tokens_seen": tokens_seen,
+        "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
         "device": str(device),
         "processes": dist.world_size,
     }
     if dist.main:
-        has_test = cfg.task.name != "parallel" or cfg.task.test_src is not None
-        test = source.split("test" if has_test else "valid")
-        metrics = evaluate(core, test, source.src_tok, source.tgt_tok, bleu=bleu)
-        summary["eval_split"] = "test" if has_test else "valid"
-        summary.update({("exact_match" if k == "exact_match" else f"test_{k}"): v for k, v in metrics.items()})
-        summary["test_examples"] = summary.pop("test_n")
+        split = family.final_split()
+        metrics = family.evaluate(core, split)
+        summary["eval_split"] = split
+        summary.update({("exact_match" if k == "exact_match" else f"{split}_{k}"): v for k, v in metrics.items()})
+        summary[f"{split}_examples"] = summary.pop(f"{split}_n")
         atomic_write_json(out / "summary.json", summary)
     dist.barrier()
     return summary

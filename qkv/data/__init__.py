@@ -1,7 +1,7 @@
 """Data: tokenizers (fixed vocabularies, BPE), built-in synthetic tasks, parallel text, batching."""
 
 from qkv.data.batching import Seq2SeqBatch, encode_pairs, encode_source, pad
-from qkv.data.bpe import BPETokenizer, load_tokenizer
+from qkv.data.bpe import SubwordTokenizer, load_tokenizer
 from qkv.data.sources import (
     ParallelSource,
     Source,
@@ -17,7 +17,7 @@ from qkv.data.vocab import Vocab
 
 __all__ = [
     "TASKS",
-    "BPETokenizer",
+    "SubwordTokenizer",
     "ParallelSource",
     "ParallelText",
     "Seq2SeqBatch",

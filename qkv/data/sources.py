@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from qkv.config import replace
 from qkv.data.batching import Seq2SeqBatch, encode_pairs, pad
-from qkv.data.bpe import BPETokenizer
+from qkv.data.bpe import SubwordTokenizer
 from qkv.data.tasks import TaskConfig, get_task
 from qkv.data.text import read_parallel
 from qkv.data.vocab import Vocab
@@ -28,7 +28,7 @@ __all__ = [
     "resolve_paths",
 ]
 
-Tokenizer = Vocab | BPETokenizer
+Tokenizer = Vocab | SubwordTokenizer
 
 
 class Stream(Protocol):
@@ -166,10 +166,13 @@ class ParallelSource:
             train = self._read("train")
             srcs, tgts = [s for s, _ in train], [t for _, t in train]
             if cfg.joint_vocab:
-                joint = BPETokenizer.train(srcs + tgts, cfg.vocab_size)
+                joint = SubwordTokenizer.train_bpe(srcs + tgts, cfg.vocab_size)
                 tokenizers = (joint, joint)
             else:
-                tokenizers = (BPETokenizer.train(srcs, cfg.vocab_size), BPETokenizer.train(tgts, cfg.vocab_size))
+                tokenizers = (
+                    SubwordTokenizer.train_bpe(srcs, cfg.vocab_size),
+                    SubwordTokenizer.train_bpe(tgts, cfg.vocab_size),
+                )
         self.src_tok, self.tgt_tok = tokenizers
 
     def _read(self, split: str) -> list[tuple[str, str]]:

@@ -7,25 +7,30 @@ from pathlib import Path
 
 from qkv.errors import QkvError
 
-__all__ = ["ParallelText", "read_lines", "read_parallel"]
+__all__ = ["ParallelText", "read_lines", "read_parallel", "read_text"]
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """The lines of a UTF-8 text file (without line ends); clear errors for missing, empty or non-UTF-8."""
+def read_text(path: str | Path) -> str:
+    """The content of a UTF-8 text file; clear errors for missing, empty or non-UTF-8 files."""
     path = Path(path)
     if not path.exists():
         raise QkvError(f"{path}: no such file; check the path")
     if path.is_dir():
-        raise QkvError(f"{path} is a directory; give a text file with one sentence per line")
+        raise QkvError(f"{path} is a directory; give a UTF-8 text file")
     data = path.read_bytes()
     if not data.strip():
-        raise QkvError(f"{path} is empty; give a file with one sentence per line")
+        raise QkvError(f"{path} is empty; give a UTF-8 text file with some text in it")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         raise QkvError(f"{path}: line {line} is not valid UTF-8 (byte {e.start}); convert the file to UTF-8") from None
-    lines = text.split("\n")
+    return text
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (without line ends); clear errors for missing, empty or non-UTF-8."""
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [ln.rstrip("\r") for ln in lines]

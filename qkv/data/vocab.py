@@ -12,12 +12,14 @@ __all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "Vocab"]
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
-LEVELS = ("word", "char")
+LEVELS = ("word", "char", "text")
 
 
 @dataclass
 class Vocab:
-    """Symbols <-> ids. ``level="word"`` splits text on whitespace, ``"char"`` into characters.
+    """Symbols <-> ids. ``level="word"`` splits text on whitespace, ``"char"`` into characters without
+    whitespace (the built-in tasks), ``"text"`` into every character, whitespace included (character-level
+    language models).
 
     Ids 0..3 are <pad>, <bos>, <eos>, <unk>. A symbol outside the vocabulary is an error (a fixed
     vocabulary means the model has never seen it), reported with the symbol and the known ones.
@@ -40,7 +42,9 @@ class Vocab:
 
     def tokenize(self, text: str) -> list[str]:
         """Split text into symbols."""
-        return text.split() if self.level == "word" else [c for c in text if not c.isspace()]
+        if self.level == "word":
+            return text.split()
+        return list(text) if self.level == "text" else [c for c in text if not c.isspace()]
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids (no <bos>/<eos>); an unknown symbol raises a QkvError naming it."""
@@ -48,10 +52,19 @@ class Vocab:
         for sym in self.tokenize(text):
             i = self.index.get(sym)
             if i is None or i < len(SPECIALS):
-                shown = ", ".join(self.symbols[:40]) + (" …" if len(self.symbols) > 40 else "")
-                raise QkvError(f"symbol {sym!r} in {text!r} is not in this model's vocabulary ({shown})")
+                shown = ", ".join(map(repr, self.symbols[:40])) + (" …" if len(self.symbols) > 40 else "")
+                where = text if len(text) <= 60 else text[:57] + "..."
+                raise QkvError(f"symbol {sym!r} in {where!r} is not in this model's vocabulary ({shown})")
             ids.append(i)
         return ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Many texts at once."""
+        return [self.encode(t) for t in texts]
+
+    def token_id(self, symbol: str) -> int | None:
+        """The id of ``symbol``, or None."""
+        return self.index.get(symbol)
 
     def decode(self, ids: list[int]) -> str:
         """Ids -> text, stopping at <eos> and skipping other special symbols."""
@@ -62,6 +75,10 @@ class Vocab:
             if i >= len(SPECIALS):
                 out.append(self.itos[i])
         return (" " if self.level == "word" else "").join(out)
+
+    def decode_all(self, ids: list[int]) -> str:
+        """Ids -> text without stopping at <eos> (special symbols are skipped)."""
+        return (" " if self.level == "word" else "").join(self.itos[i] for i in ids if i >= len(SPECIALS))
 
     def id_to_token(self, i: int) -> str:
         """The symbol of one id."""

@@ -19,7 +19,7 @@ from torch import Tensor
 from qkv.decode import beam_search, greedy
 from qkv.errors import QkvError
 
-__all__ = ["KINDS", "AttentionMaps", "attention_maps"]
+__all__ = ["KINDS", "AttentionMaps", "attention_maps", "lm_attention_maps"]
 
 KINDS = {
     "enc": "encoder self-attention",
@@ -72,8 +72,8 @@ class AttentionMaps:
 
 
 def _labels(tok: Any, ids: list[int]) -> list[str]:
-    specials = {0: "<pad>", 1: "<bos>", 2: "<eos>", 3: "<unk>"}
-    return [specials.get(i) or tok.id_to_token(i) for i in ids]
+    """Readable labels: the token strings, with whitespace made visible."""
+    return [tok.id_to_token(i).replace("\n", "⏎").replace(" ", "␣") for i in ids]
 
 
 @torch.no_grad()
@@ -106,4 +106,29 @@ def attention_maps(run: Any, text: str, *, target: str | None = None, beam: int 
         source=text,
         output=tgt_tok.decode(produced),
         meta={"family": "seq2seq", "steps": len(produced)},
+    )
+
+
+@torch.no_grad()
+def lm_attention_maps(run: Any, text: str) -> AttentionMaps:
+    """Every self-attention map of a GPT (causal) or BERT (bidirectional, with [CLS]/[SEP]) reading
+    ``text``; for a GPT the output is its most likely next token."""
+    model, tok = run.model, run.tokenizer
+    model.eval()
+    if run.config.family == "bert":
+        ids, mask = run.encode_texts([text])
+        _, weights = model.encode(ids, mask, need_weights=True)
+        output = ""
+    else:
+        ids = torch.tensor([run.encode_prompt(text)])
+        logits, weights = model.decode(ids, need_weights=True)
+        output = tok.decode_all([int(logits[0, -1].argmax())])
+    labels = _labels(tok, ids[0].tolist())
+    return AttentionMaps(
+        maps={"self": [w.self_attn for w in weights]},
+        queries={"self": labels},
+        keys={"self": labels},
+        source=text,
+        output=output,
+        meta={"family": run.config.family, "steps": len(labels)},
     )

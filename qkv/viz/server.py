@@ -103,8 +103,6 @@ class GuardMiddleware:
 
 def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, max_chars: int = MAX_CHARS) -> ASGIApp:
     """The explorer's ASGI app for a loaded run."""
-    from qkv.viz.maps import attention_maps
-
     static = resources.files("qkv.viz") / "static"
 
     def page(name: str):
@@ -114,13 +112,18 @@ def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, m
         return handler
 
     async def info(request: Request) -> JSONResponse:
-        cfg = run.config.model
+        cfg, family = run.config.model, run.config.family
+        layers = (
+            {"enc": cfg.N, "dec": cfg.decoder_layers, "cross": cfg.decoder_layers}
+            if family == "seq2seq"
+            else {"self": cfg.N}
+        )
         return JSONResponse(
             {
-                "family": "seq2seq",
+                "family": family,
                 "run": run.path.name,
                 "task": run.config.task.name,
-                "layers": {"enc": cfg.N, "dec": cfg.decoder_layers, "cross": cfg.decoder_layers},
+                "layers": layers,
                 "heads": cfg.h,
                 "max_chars": max_chars,
             }
@@ -142,7 +145,7 @@ def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, m
         if not isinstance(beam, int) or not 1 <= beam <= 8:
             return _error(422, "beam must be a whole number from 1 to 8")
         try:
-            maps = attention_maps(run, text, beam=beam)
+            maps = run.attention(text, beam=beam) if run.config.family == "seq2seq" else run.attention(text)
         except QkvError as e:
             return _error(422, str(e))
         return JSONResponse(maps.to_dict())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qkv.data import BPETokenizer, TokenBudgetStream, load_tokenizer, read_parallel
+from qkv.data import SubwordTokenizer, TokenBudgetStream, load_tokenizer, read_parallel
 from qkv.errors import QkvError
 
 SRC = ["Ein Hund läuft.", "Zwei Männer sitzen auf einer Bank.", "", "Eine Frau liest ein Buch im Park."] * 5
@@ -46,7 +46,7 @@ def test_missing_and_empty_files(tmp_path):
 
 
 def test_bpe_round_trip_is_detokenized_text(tmp_path):
-    tok = BPETokenizer.train(SRC + TGT, vocab_size=120, min_frequency=1)
+    tok = SubwordTokenizer.train_bpe(SRC + TGT, vocab_size=120, min_frequency=1)
     for text in ("Zwei Männer sitzen auf einer Bank.", "A woman reads a book in the park."):
         ids = tok.encode(text)
         assert all(i >= 4 for i in ids)

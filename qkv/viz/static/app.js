@@ -19,7 +19,11 @@ function showError(message) {
 async function loadInfo() {
   const res = await fetch("/api/info");
   state.info = await res.json();
-  $("run-info").textContent = `run ${state.info.run} · task ${state.info.task} · ${state.info.heads} heads`;
+  $("run-info").textContent = `run ${state.info.run} · ${state.info.family} · task ${state.info.task} · ${state.info.heads} heads`;
+  if (state.info.family !== "seq2seq") {
+    $("run").textContent = "Show attention";
+    $("beam").hidden = true;
+  }
 }
 
 async function run(event) {

@@ -1,0 +1,148 @@
+"""GPT: a decoder-only Transformer (causal language model) built from the same layers as the paper's
+model — pre-LN ``TransformerLayer``s without cross-attention, learned positions, GELU, tied input and
+output embeddings.
+
+Shapes: B batch, T new positions, S all positions so far (cached + new), V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from qkv.config import check, config_from_dict, replace
+from qkv.errors import QkvError
+from qkv.layers import ACTIVATIONS, Dropout, LayerStack, LayerWeights, LearnedPositionalEmbedding, TransformerLayer
+from qkv.models.transformer import DecoderCache
+
+__all__ = ["GPT", "GPT_PRESETS", "GPTConfig"]
+
+
+@dataclass
+class GPTConfig:
+    """Shape of a GPT. ``d_ff=0`` means 4·d_model; ``max_len`` is the context (block) size."""
+
+    vocab_size: int = 0
+    max_len: int = 1024
+    d_model: int = 768
+    h: int = 12
+    N: int = 12
+    d_ff: int = 0
+    dropout: float = 0.0
+    activation: str = "gelu_tanh"
+    eps: float = 1e-5
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        s = "model"
+        check(self.vocab_size >= 0, s, "vocab_size", self.vocab_size, "must be >= 0 (0 = from the tokenizer)")
+        check(self.max_len > 0, s, "max_len", self.max_len, "must be a positive integer")
+        check(self.d_model > 0 and self.h > 0, s, "d_model", self.d_model, "d_model and h must be positive")
+        check(self.d_model % self.h == 0, s, "d_model", self.d_model, f"must be divisible by model.h={self.h}")
+        check(self.N >= 1, s, "N", self.N, "needs at least one layer")
+        check(self.d_ff >= 0, s, "d_ff", self.d_ff, "must be >= 0 (0 = 4·d_model)")
+        check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
+        check(self.activation in ACTIVATIONS, s, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
+        check(self.eps > 0, s, "eps", self.eps, "must be > 0")
+
+    @property
+    def hidden(self) -> int:
+        """The feed-forward width."""
+        return self.d_ff or 4 * self.d_model
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
+        """A named preset with ``overrides`` applied."""
+        if name not in GPT_PRESETS:
+            raise QkvError(f"unknown GPT preset '{name}': choose one of {', '.join(GPT_PRESETS)}")
+        return replace(GPT_PRESETS[name], "model", **overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
+        """Build from a dict, rejecting unknown fields."""
+        return config_from_dict(cls, data, "model")
+
+
+GPT_PRESETS = {
+    "gpt2": GPTConfig(vocab_size=50257, max_len=1024, d_model=768, h=12, N=12),
+    "shakespeare-char": GPTConfig(max_len=64, d_model=128, h=4, N=4, dropout=0.0),
+}
+
+
+class GPT(nn.Module):
+    """Token + learned position embeddings, N pre-LN causal self-attention layers, final LayerNorm,
+    and the output projection tied to the token embedding."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise QkvError("model.vocab_size must be set (> 0) to build a GPT")
+        self.cfg = cfg
+        d = cfg.d_model
+        self.tok_embed = nn.Embedding(cfg.vocab_size, d)
+        self.positions = LearnedPositionalEmbedding(d, cfg.max_len)
+        self.dropout = Dropout(cfg.dropout)
+        layers = [
+            TransformerLayer(d, cfg.h, cfg.hidden, cfg.dropout, norm_first=True, activation=cfg.activation, eps=cfg.eps)
+            for _ in range(cfg.N)
+        ]
+        self.blocks = LayerStack(layers, nn.LayerNorm(d, eps=cfg.eps))
+        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self._init_weights()
+        self.lm_head.weight = self.tok_embed.weight
+
+    def _init_weights(self) -> None:
+        """GPT-2's initialisation: N(0, 0.02), residual output projections scaled by 1/√(2N)."""
+        for name, p in self.named_parameters():
+            if p.dim() >= 2:
+                std = 0.02 / (2 * self.cfg.N) ** 0.5 if name.endswith(("out_proj.weight", "w_2.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def decode(
+        self,
+        idx: Tensor,
+        *,
+        key_mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        cache: DecoderCache | None = None,
+        need_weights: bool = False,
+        last_only: bool = False,
+    ) -> tuple[Tensor, list[LayerWeights] | None]:
+        """idx (B, T) -> logits (B, T, V) (or (B, 1, V) with ``last_only``) and, if asked, weights.
+
+        ``key_mask`` (B, S), True at real tokens, hides padding (left-padded batches) from every
+        query; ``positions`` (B, T) gives their position ids; with a ``cache`` only new tokens are fed.
+        """
+        offset = 0 if cache is None else cache.length
+        if offset + idx.size(1) > self.cfg.max_len:
+            raise QkvError(
+                f"{offset + idx.size(1)} tokens exceed the model's context of {self.cfg.max_len}; "
+                "use a shorter prompt or fewer new tokens"
+            )
+        x = self.dropout(self.positions(self.tok_embed(idx), offset, positions))  # (B, T, d_model)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
+        x, weights = self.blocks(
+            x, mask, is_causal=True, caches=None if cache is None else cache.layers, need_weights=need_weights
+        )
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x), weights  # (B, T, V)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        """Next-token logits (B, T, V) for idx (B, T)."""
+        return self.decode(idx)[0]
+
+    def new_cache(self, capacity: int = 64) -> DecoderCache:
+        """An empty KV cache for incremental decoding."""
+        return DecoderCache(len(self.blocks.layers), capacity)
+
+    @classmethod
+    def from_hf(cls, directory: str) -> GPT:
+        """A GPT with the weights of a Hugging Face GPT-2 directory (config.json + weights)."""
+        from qkv.models.hf import gpt_from_hf
+
+        return gpt_from_hf(directory)

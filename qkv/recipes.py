@@ -1,0 +1,232 @@
+"""What defines a run: the training arguments, the model and data sections of each model family, and
+the named recipes behind ``qkv train PRESET``.
+
+A run config has three sections, stored together in ``config.json``: ``model`` (the family's config:
+``TransformerConfig``, ``GPTConfig`` or ``BERTConfig``), ``train`` (``TrainConfig``, shared), and ``task``
+(the data: ``TaskConfig`` for translation, ``TextConfig`` for language models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from qkv.config import check, config_from_dict, config_to_dict, field_names, parse_override_value, replace
+from qkv.data import TaskConfig
+from qkv.data.lm import TextConfig
+from qkv.errors import QkvError
+from qkv.models import TransformerConfig
+from qkv.models.bert import BERTConfig
+from qkv.models.gpt import GPTConfig
+
+__all__ = ["DEFAULT_RECIPE", "FAMILIES", "RECIPES", "RunConfig", "TrainConfig", "recipe"]
+
+SCHEDULES = ("noam", "inverse_sqrt", "cosine", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``lr`` is the peak learning rate, except for ``schedule="noam"`` where it
+    multiplies the paper's formula (1.0 = the paper). ``max_tokens`` > 0 makes token-budget batches
+    (parallel text); otherwise a batch is ``batch_size`` sentences. ``bf16`` runs the forward pass
+    under bfloat16 autocast (for GPUs; slow on CPUs without AVX-512)."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    accum: int = 1
+    lr: float = 1.0
+    schedule: str = "noam"
+    warmup: int = 4000
+    min_lr: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip: float = 1.0
+    eval_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    max_tokens: int = 0
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        s = "train"
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        check(self.steps >= 1, s, "steps", self.steps, "must be >= 1")
+        check(self.batch_size >= 1, s, "batch_size", self.batch_size, "must be >= 1")
+        check(self.accum >= 1, s, "accum", self.accum, "must be >= 1")
+        check(self.lr > 0, s, "lr", self.lr, "must be > 0")
+        check(self.schedule in SCHEDULES, s, "schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
+        check(self.warmup >= 0, s, "warmup", self.warmup, "must be >= 0")
+        check(self.schedule != "noam" or self.warmup > 0, s, "warmup", self.warmup, "noam needs warmup > 0")
+        check(0 <= self.min_lr, s, "min_lr", self.min_lr, "must be >= 0")
+        check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), s, "betas", self.betas, "two values in [0, 1)"
+        )
+        check(self.eps > 0, s, "eps", self.eps, "must be > 0")
+        check(self.weight_decay >= 0, s, "weight_decay", self.weight_decay, "must be >= 0")
+        check(0 <= self.label_smoothing < 1, s, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
+        check(self.clip >= 0, s, "clip", self.clip, "must be >= 0 (0 turns clipping off)")
+        check(self.eval_every >= 1, s, "eval_every", self.eval_every, "must be >= 1")
+        check(self.device in ("auto", "cpu", "cuda"), s, "device", self.device, "choose auto, cpu or cuda")
+        check(self.threads >= 0, s, "threads", self.threads, "must be >= 0 (0 = torch's default)")
+        check(self.max_tokens >= 0, s, "max_tokens", self.max_tokens, "must be >= 0 (0 = batch_size sentences)")
+
+
+# family -> (model config class, data config class)
+FAMILIES: dict[str, tuple[type, type]] = {
+    "seq2seq": (TransformerConfig, TaskConfig),
+    "gpt": (GPTConfig, TextConfig),
+    "bert": (BERTConfig, TextConfig),
+}
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run: the model (whose type names the family), the training, the data."""
+
+    model: Any = field(default_factory=TransformerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    task: Any = field(default_factory=TaskConfig)
+
+    SECTIONS = ("model", "train", "task")
+
+    def __post_init__(self) -> None:
+        model_cls, task_cls = FAMILIES[self.family]
+        if not isinstance(self.task, task_cls):
+            raise QkvError(f"a {self.family} model needs a {task_cls.__name__} task section")
+        if isinstance(self.task, TaskConfig) and self.task.name == "parallel":
+            check(
+                self.task.max_len + 2 <= self.model.max_len,
+                "task",
+                "max_len",
+                self.task.max_len,
+                f"must leave room for <bos>/<eos> within model.max_len={self.model.max_len}",
+            )
+
+    @property
+    def family(self) -> str:
+        """'seq2seq', 'gpt' or 'bert'."""
+        for name, (model_cls, _) in FAMILIES.items():
+            if isinstance(self.model, model_cls):
+                return name
+        raise QkvError(f"unknown model config type {type(self.model).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as stored in config.json."""
+        return {"family": self.family, **{s: config_to_dict(getattr(self, s)) for s in self.SECTIONS}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`."""
+        family = data.get("family", "seq2seq")
+        if family not in FAMILIES:
+            raise QkvError(f"unknown model family '{family}' in config.json: one of {', '.join(FAMILIES)}")
+        model_cls, task_cls = FAMILIES[family]
+        return cls(
+            model=config_from_dict(model_cls, data["model"], "model"),
+            train=config_from_dict(TrainConfig, data["train"], "train"),
+            task=config_from_dict(task_cls, data["task"], "task"),
+        )
+
+    def with_overrides(self, overrides: list[str], sections: tuple[str, ...] = SECTIONS) -> RunConfig:
+        """Apply ``key=value`` strings; ``key`` is ``section.field`` or a field name unique to one section."""
+        changes: dict[str, dict[str, Any]] = {s: {} for s in self.SECTIONS}
+        classes = {s: type(getattr(self, s)) for s in self.SECTIONS}
+        for item in overrides:
+            if "=" not in item or item.startswith("="):
+                raise QkvError(f"malformed override {item!r}: write KEY=VALUE, e.g. d_model=256 or train.steps=500")
+            key, value = item.split("=", 1)
+            if "." in key:
+                section, name = key.split(".", 1)
+                if section not in self.SECTIONS:
+                    raise QkvError(f"unknown section '{section}' in {item!r}: use {', '.join(self.SECTIONS)}")
+            else:
+                owners = [s for s in self.SECTIONS if key in field_names(classes[s])]
+                if len(owners) > 1:
+                    raise QkvError(f"'{key}' is ambiguous: write {' or '.join(f'{s}.{key}' for s in owners)}")
+                section, name = (owners[0] if owners else "train"), key
+            if section not in sections:
+                raise QkvError(f"{section}.{name} cannot change when resuming; only {', '.join(sections)} can")
+            changes[section][name] = parse_override_value(classes[section], name, value, section)
+        return RunConfig(**{s: replace(getattr(self, s), s, **changes[s]) for s in self.SECTIONS})
+
+
+# Named recipes for `qkv train PRESET`. "dates" is the built-in default.
+RECIPES: dict[str, RunConfig] = {
+    "dates": RunConfig(
+        model=TransformerConfig(d_model=128, h=4, N=2, d_ff=512, dropout=0.1, max_len=64),
+        train=TrainConfig(steps=2000, batch_size=64, lr=2e-3, schedule="cosine", warmup=200, eval_every=500),
+        task=TaskConfig(name="dates"),
+    ),
+    **{
+        name: RunConfig(
+            model=TransformerConfig(d_model=128, h=4, N=2, d_ff=512, dropout=0.1, max_len=64),
+            train=TrainConfig(steps=2000, batch_size=64, lr=2e-3, schedule="cosine", warmup=200, eval_every=500),
+            task=TaskConfig(name=name),
+        )
+        for name in ("copy", "reverse", "sort")
+    },
+    # Multi30k De→En (or any parallel text) sized for a 2-core CPU: give the files with
+    # --train SRC TGT --valid SRC TGT [--test SRC TGT].
+    "multi30k": RunConfig(
+        model=TransformerConfig(
+            d_model=256, h=4, N=3, d_ff=1024, dropout=0.1, attention_dropout=0.0, max_len=128, share_embeddings="all"
+        ),
+        train=TrainConfig(
+            steps=2400, max_tokens=4096, lr=2e-3, schedule="cosine", warmup=400, min_lr=1e-5, eval_every=600
+        ),
+        task=TaskConfig(name="parallel", max_len=100, vocab_size=8000, joint_vocab=True),
+    ),
+    # GPT on characters: the configuration of nanoGPT's laptop-CPU Shakespeare example (context 64, batch
+    # 12, 4 layers, 4 heads, d_model 128, no dropout, 2000 iterations, AdamW lr 1e-3 β2 0.99, weight
+    # decay 0.1, clip 1.0, warmup 100, cosine to 1e-4). Give the text with --text FILE.
+    "shakespeare-char": RunConfig(
+        model=GPTConfig(max_len=64, d_model=128, h=4, N=4, dropout=0.0),
+        train=TrainConfig(
+            steps=2000,
+            batch_size=12,
+            lr=1e-3,
+            schedule="cosine",
+            warmup=100,
+            min_lr=1e-4,
+            betas=(0.9, 0.99),
+            weight_decay=0.1,
+            clip=1.0,
+            label_smoothing=0.0,
+            eval_every=250,
+        ),
+        task=TextConfig(tokenizer="char"),
+    ),
+    # A small BERT pretrained with masked-language modelling on a text file (--text FILE).
+    "bert-mini": RunConfig(
+        model=BERTConfig(max_len=128, d_model=256, h=4, N=4, d_ff=1024, dropout=0.1),
+        train=TrainConfig(
+            steps=3000,
+            batch_size=32,
+            lr=5e-4,
+            schedule="cosine",
+            warmup=300,
+            betas=(0.9, 0.98),
+            eps=1e-6,
+            weight_decay=0.01,
+            label_smoothing=0.0,
+            eval_every=500,
+        ),
+        task=TextConfig(tokenizer="char"),
+    ),
+    "base": RunConfig(model=TransformerConfig(), train=TrainConfig(steps=100_000, batch_size=64)),
+    "big": RunConfig(
+        model=TransformerConfig(d_model=1024, h=16, N=6, d_ff=4096, dropout=0.3),
+        train=TrainConfig(steps=300_000, batch_size=64),
+    ),
+}
+DEFAULT_RECIPE = "dates"
+
+
+def recipe(name: str) -> RunConfig:
+    """The named recipe (see ``RECIPES``)."""
+    if name not in RECIPES:
+        raise QkvError(f"unknown preset '{name}': choose one of {', '.join(RECIPES)}")
+    return RECIPES[name]

