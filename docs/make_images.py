@@ -47,6 +47,8 @@ def screenshot(run, text: str, out: Path) -> None:
             page.select_option("#kind", "cross")
             page.select_option("#layer", str(run.config.model.decoder_layers - 1))
             page.select_option("#head", "mean")
+            page.fill("#step", "2")  # the third decoder step: the model writes the year's third digit
+            page.dispatch_event("#step", "input")
             page.hover("#lines text >> nth=2")
             page.screenshot(path=str(out), full_page=True)
             browser.close()

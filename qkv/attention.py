@@ -99,6 +99,8 @@ def scaled_dot_product_attention(
     Weights are computed only when ``need_weights`` is set (reference path); otherwise torch's
     fused kernel runs.
     """
+    if is_causal and q.size(-2) == 1:
+        is_causal = False  # a single query is the last position: it sees every key
     if is_causal:
         cm = causal_mask(q.size(-2), k.size(-2), device=q.device)
         if need_weights or mask is not None or q.size(-2) != k.size(-2):

@@ -11,11 +11,11 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from qkv.errors import QkvError
 
-__all__ = ["check", "config_from_dict", "config_to_dict", "field_names", "parse_override_value"]
+__all__ = ["ConfigBase", "check", "config_from_dict", "config_to_dict", "field_names", "parse_override_value"]
 
 C = TypeVar("C")
 
@@ -92,3 +92,30 @@ def replace(cfg: C, section: str, **changes: Any) -> C:
         if key not in known:
             raise _unknown(key, known, section)
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+
+
+class ConfigBase:
+    """Shared by qkv's config dataclasses: ``from_dict`` (unknown fields rejected with a hint) and
+    ``from_name`` (a named preset with overrides). Subclasses set ``SECTION`` and ``KIND`` and return
+    their presets from ``presets()``."""
+
+    SECTION: ClassVar[str] = "model"
+    KIND: ClassVar[str] = "model"
+
+    @classmethod
+    def presets(cls) -> dict[str, Any]:
+        """Named presets of this config."""
+        return {}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Build from a dict (as stored in config.json), rejecting unknown fields."""
+        return config_from_dict(cls, data, cls.SECTION)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> Any:
+        """A named preset with ``overrides`` applied."""
+        presets = cls.presets()
+        if name not in presets:
+            raise QkvError(f"unknown {cls.KIND} preset '{name}': choose one of {', '.join(presets)}")
+        return replace(presets[name], cls.SECTION, **overrides)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from qkv.data.vocab import Vocab
 
-__all__ = ["Seq2SeqBatch", "encode_pairs", "encode_source", "pad"]
+__all__ = ["Seq2SeqBatch", "encode_pairs", "encode_source", "load_rng_state", "pad", "rng_state"]
 
 
 def pad(seqs: list[list[int]], pad_id: int = 0) -> Tensor:
@@ -52,3 +54,15 @@ def encode_pairs(pairs: list[tuple[str, str]], src_vocab: Vocab, tgt_vocab: Voca
         tgt_in=pad([[tgt_vocab.bos_id] + y for y in tgt], tgt_vocab.pad_id),
         tgt_out=pad([y + [tgt_vocab.eos_id] for y in tgt], tgt_vocab.pad_id),
     )
+
+
+def rng_state(rng: random.Random) -> dict[str, Any]:
+    """A Python RNG's state as JSON (a stream's position)."""
+    version, internal, gauss = rng.getstate()
+    return {"rng": [version, list(internal), gauss]}
+
+
+def load_rng_state(rng: random.Random, state: dict[str, Any]) -> None:
+    """Restore a state written by :func:`rng_state`."""
+    version, internal, gauss = state["rng"]
+    rng.setstate((version, tuple(internal), gauss))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from qkv.config import check, config_from_dict
+from qkv.config import ConfigBase, check
+from qkv.data.batching import load_rng_state, rng_state
 from qkv.data.bpe import SubwordTokenizer
 from qkv.data.text import read_text
 from qkv.data.vocab import Vocab
@@ -29,9 +30,11 @@ TOKENIZERS = ("char", "bpe", "pretrained")
 
 
 @dataclass
-class TextConfig:
+class TextConfig(ConfigBase):
     """A text file to model: ``path``, tokenized by characters (``char``), by BPE trained on it
     (``bpe``, ``vocab_size``), or by an imported model's own tokenizer (``pretrained``)."""
+
+    SECTION: ClassVar[str] = "task"
 
     name: str = "text"
     path: str | None = None
@@ -52,11 +55,6 @@ class TextConfig:
         check(0.0 < self.mask_prob < 1.0, s, "mask_prob", self.mask_prob, "must be in (0, 1)")
         check(self.eval_batches >= 1, s, "eval_batches", self.eval_batches, "must be >= 1")
         check(self.max_seq_len >= 0, s, "max_seq_len", self.max_seq_len, "must be >= 0 (0 = the model's max_len)")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TextConfig:
-        """Build from a dict, rejecting unknown fields."""
-        return config_from_dict(cls, data, "task")
 
 
 @dataclass
@@ -128,13 +126,11 @@ class WindowStream:
 
     def state_dict(self) -> dict[str, Any]:
         """Position in the stream."""
-        version, internal, gauss = self.rng.getstate()
-        return {"rng": [version, list(internal), gauss]}
+        return rng_state(self.rng)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position."""
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        load_rng_state(self.rng, state)
 
 
 class MLMStream(WindowStream):

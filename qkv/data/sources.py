@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qkv.config import replace
-from qkv.data.batching import Seq2SeqBatch, encode_pairs, pad
+from qkv.data.batching import Seq2SeqBatch, encode_pairs, load_rng_state, pad, rng_state
 from qkv.data.bpe import SubwordTokenizer
 from qkv.data.tasks import TaskConfig, get_task
 from qkv.data.text import read_parallel
@@ -63,13 +63,11 @@ class TaskStream:
 
     def state_dict(self) -> dict[str, Any]:
         """Position in the stream."""
-        version, internal, gauss = self.rng.getstate()
-        return {"rng": [version, list(internal), gauss]}
+        return rng_state(self.rng)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position."""
-        version, internal, gauss = state["rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        load_rng_state(self.rng, state)
 
 
 class TokenBudgetStream:

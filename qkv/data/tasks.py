@@ -16,8 +16,9 @@ import calendar
 import random
 import zlib
 from dataclasses import dataclass
+from typing import ClassVar
 
-from qkv.config import check, config_from_dict
+from qkv.config import ConfigBase, check
 from qkv.data.vocab import Vocab
 from qkv.errors import QkvError
 
@@ -27,7 +28,7 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(ConfigBase):
     """What to train on: a built-in task (``dates``, ``copy``, ``reverse``, ``sort``) generated on the
     fly, or ``parallel`` text files (``train_src``/``train_tgt``, ``valid_*``, optional ``test_*``)
     tokenized with BPE (``vocab_size``; one joint vocabulary or one per side).
@@ -35,6 +36,8 @@ class TaskConfig:
     ``max_len`` is the longest string for the letter tasks, and the most subword tokens per side for
     parallel text (longer training pairs are filtered out, and counted).
     """
+
+    SECTION: ClassVar[str] = "task"
 
     name: str = "dates"
     min_len: int = 1
@@ -70,11 +73,6 @@ class TaskConfig:
             )
         else:
             check(self.max_len <= 64, "task", "max_len", self.max_len, "must be <= 64 for the built-in tasks")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TaskConfig:
-        """Build from a dict, rejecting unknown fields."""
-        return config_from_dict(cls, data, "task")
 
 
 class Task:

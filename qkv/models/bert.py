@@ -8,13 +8,13 @@ Shapes: B batch, T tokens, V vocabulary, d_model width.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.config import check, config_from_dict, replace
+from qkv.config import ConfigBase, check
 from qkv.errors import QkvError
 from qkv.layers import ACTIVATIONS, Dropout, LayerStack, LayerWeights, LearnedPositionalEmbedding, TransformerLayer
 
@@ -22,7 +22,7 @@ __all__ = ["BERT", "BERTConfig", "BERT_PRESETS", "mean_pool"]
 
 
 @dataclass
-class BERTConfig:
+class BERTConfig(ConfigBase):
     """Shape of a BERT. ``pooler`` keeps the [CLS] pooler of checkpoints that have one."""
 
     vocab_size: int = 0
@@ -51,17 +51,12 @@ class BERTConfig:
         check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
         check(self.activation in ACTIVATIONS, s, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
 
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> BERTConfig:
-        """A named preset with ``overrides`` applied."""
-        if name not in BERT_PRESETS:
-            raise QkvError(f"unknown BERT preset '{name}': choose one of {', '.join(BERT_PRESETS)}")
-        return replace(BERT_PRESETS[name], "model", **overrides)
+    KIND: ClassVar[str] = "BERT"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BERTConfig:
-        """Build from a dict, rejecting unknown fields."""
-        return config_from_dict(cls, data, "model")
+    def presets(cls) -> dict[str, BERTConfig]:
+        """Named presets (``BERT_PRESETS``)."""
+        return BERT_PRESETS
 
 
 BERT_PRESETS = {

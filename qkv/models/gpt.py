@@ -8,11 +8,11 @@ Shapes: B batch, T new positions, S all positions so far (cached + new), V vocab
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 from torch import Tensor, nn
 
-from qkv.config import check, config_from_dict, replace
+from qkv.config import ConfigBase, check
 from qkv.errors import QkvError
 from qkv.layers import ACTIVATIONS, Dropout, LayerStack, LayerWeights, LearnedPositionalEmbedding, TransformerLayer
 from qkv.models.transformer import DecoderCache
@@ -21,7 +21,7 @@ __all__ = ["GPT", "GPT_PRESETS", "GPTConfig"]
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigBase):
     """Shape of a GPT. ``d_ff=0`` means 4·d_model; ``max_len`` is the context (block) size."""
 
     vocab_size: int = 0
@@ -52,17 +52,12 @@ class GPTConfig:
         """The feed-forward width."""
         return self.d_ff or 4 * self.d_model
 
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
-        """A named preset with ``overrides`` applied."""
-        if name not in GPT_PRESETS:
-            raise QkvError(f"unknown GPT preset '{name}': choose one of {', '.join(GPT_PRESETS)}")
-        return replace(GPT_PRESETS[name], "model", **overrides)
+    KIND: ClassVar[str] = "GPT"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
-        """Build from a dict, rejecting unknown fields."""
-        return config_from_dict(cls, data, "model")
+    def presets(cls) -> dict[str, GPTConfig]:
+        """Named presets (``GPT_PRESETS``)."""
+        return GPT_PRESETS
 
 
 GPT_PRESETS = {

@@ -83,31 +83,44 @@ def gpt_config_from_hf(config: dict[str, Any]) -> GPTConfig:
     )
 
 
+# (qkv name, GPT-2 name without the "transformer." prefix, stored transposed by GPT-2's Conv1D)
+GPT2_LAYER_NAMES = [
+    ("norm1.weight", "ln_1.weight", False),
+    ("norm1.bias", "ln_1.bias", False),
+    ("self_attn.in_proj.weight", "attn.c_attn.weight", True),
+    ("self_attn.in_proj.bias", "attn.c_attn.bias", False),
+    ("self_attn.out_proj.weight", "attn.c_proj.weight", True),
+    ("self_attn.out_proj.bias", "attn.c_proj.bias", False),
+    ("norm3.weight", "ln_2.weight", False),
+    ("norm3.bias", "ln_2.bias", False),
+    ("ffn.w_1.weight", "mlp.c_fc.weight", True),
+    ("ffn.w_1.bias", "mlp.c_fc.bias", False),
+    ("ffn.w_2.weight", "mlp.c_proj.weight", True),
+    ("ffn.w_2.bias", "mlp.c_proj.bias", False),
+]
+
+
+def gpt2_names(num_layers: int) -> list[tuple[str, str, bool]]:
+    """Every (qkv name, GPT-2 name, transposed) of a GPT with ``num_layers`` layers."""
+    names = [
+        ("tok_embed.weight", "wte.weight", False),
+        ("positions.embedding.weight", "wpe.weight", False),
+        ("blocks.norm.weight", "ln_f.weight", False),
+        ("blocks.norm.bias", "ln_f.bias", False),
+    ]
+    for i in range(num_layers):
+        names += [(f"blocks.layers.{i}.{q}", f"h.{i}.{h}", t) for q, h, t in GPT2_LAYER_NAMES]
+    return names
+
+
 def gpt_from_hf(directory: str | Path) -> GPT:
     """A qkv GPT holding a Hugging Face GPT-2 checkpoint."""
     config, state = read_hf_dir(directory)
     cfg = gpt_config_from_hf(config)
     s = _strip(state, "transformer.")
-    ours: dict[str, Tensor] = {"tok_embed.weight": s["wte.weight"], "positions.embedding.weight": s["wpe.weight"]}
-    for i in range(cfg.N):
-        h, q = f"h.{i}.", f"blocks.layers.{i}."
-        ours |= {
-            q + "norm1.weight": s[h + "ln_1.weight"],
-            q + "norm1.bias": s[h + "ln_1.bias"],
-            q + "self_attn.in_proj.weight": s[h + "attn.c_attn.weight"].t(),
-            q + "self_attn.in_proj.bias": s[h + "attn.c_attn.bias"],
-            q + "self_attn.out_proj.weight": s[h + "attn.c_proj.weight"].t(),
-            q + "self_attn.out_proj.bias": s[h + "attn.c_proj.bias"],
-            q + "norm3.weight": s[h + "ln_2.weight"],
-            q + "norm3.bias": s[h + "ln_2.bias"],
-            q + "ffn.w_1.weight": s[h + "mlp.c_fc.weight"].t(),
-            q + "ffn.w_1.bias": s[h + "mlp.c_fc.bias"],
-            q + "ffn.w_2.weight": s[h + "mlp.c_proj.weight"].t(),
-            q + "ffn.w_2.bias": s[h + "mlp.c_proj.bias"],
-        }
-    ours |= {"blocks.norm.weight": s["ln_f.weight"], "blocks.norm.bias": s["ln_f.bias"]}
+    ours = {q: (s[h].t() if t else s[h]).contiguous() for q, h, t in gpt2_names(cfg.N)}
     model = GPT(cfg)
-    load_weights(model, {k: v.contiguous() for k, v in ours.items()}, f"{directory} (GPT-2)")
+    load_weights(model, ours, f"{directory} (GPT-2)")
     return model.eval()
 
 
@@ -117,27 +130,7 @@ def gpt_to_hf(model: GPT) -> tuple[dict[str, Any], dict[str, Tensor]]:
     if cfg.activation != "gelu_tanh":
         raise QkvError("only GPTs with activation gelu_tanh can be exported as GPT-2")
     p = {k: v.detach() for k, v in model.state_dict().items()}
-    s: dict[str, Tensor] = {
-        "transformer.wte.weight": p["tok_embed.weight"],
-        "transformer.wpe.weight": p["positions.embedding.weight"],
-    }
-    for i in range(cfg.N):
-        h, q = f"transformer.h.{i}.", f"blocks.layers.{i}."
-        s |= {
-            h + "ln_1.weight": p[q + "norm1.weight"],
-            h + "ln_1.bias": p[q + "norm1.bias"],
-            h + "attn.c_attn.weight": p[q + "self_attn.in_proj.weight"].t(),
-            h + "attn.c_attn.bias": p[q + "self_attn.in_proj.bias"],
-            h + "attn.c_proj.weight": p[q + "self_attn.out_proj.weight"].t(),
-            h + "attn.c_proj.bias": p[q + "self_attn.out_proj.bias"],
-            h + "ln_2.weight": p[q + "norm3.weight"],
-            h + "ln_2.bias": p[q + "norm3.bias"],
-            h + "mlp.c_fc.weight": p[q + "ffn.w_1.weight"].t(),
-            h + "mlp.c_fc.bias": p[q + "ffn.w_1.bias"],
-            h + "mlp.c_proj.weight": p[q + "ffn.w_2.weight"].t(),
-            h + "mlp.c_proj.bias": p[q + "ffn.w_2.bias"],
-        }
-    s |= {"transformer.ln_f.weight": p["blocks.norm.weight"], "transformer.ln_f.bias": p["blocks.norm.bias"]}
+    s = {f"transformer.{h}": (p[q].t() if t else p[q]) for q, h, t in gpt2_names(cfg.N)}
     config = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -181,50 +174,60 @@ def bert_config_from_hf(config: dict[str, Any], pooler: bool) -> BERTConfig:
     )
 
 
+BERT_LAYER_NAMES = [  # (qkv name, Hugging Face name) inside layer i; Q, K, V are stacked separately
+    ("self_attn.out_proj.weight", "attention.output.dense.weight"),
+    ("self_attn.out_proj.bias", "attention.output.dense.bias"),
+    ("norm1.weight", "attention.output.LayerNorm.weight"),
+    ("norm1.bias", "attention.output.LayerNorm.bias"),
+    ("ffn.w_1.weight", "intermediate.dense.weight"),
+    ("ffn.w_1.bias", "intermediate.dense.bias"),
+    ("ffn.w_2.weight", "output.dense.weight"),
+    ("ffn.w_2.bias", "output.dense.bias"),
+    ("norm3.weight", "output.LayerNorm.weight"),
+    ("norm3.bias", "output.LayerNorm.bias"),
+]
+BERT_MLM_NAMES = [  # outside the "bert." prefix
+    ("mlm_dense.weight", "cls.predictions.transform.dense.weight"),
+    ("mlm_dense.bias", "cls.predictions.transform.dense.bias"),
+    ("mlm_norm.weight", "cls.predictions.transform.LayerNorm.weight"),
+    ("mlm_norm.bias", "cls.predictions.transform.LayerNorm.bias"),
+    ("mlm_bias", "cls.predictions.bias"),
+]
+
+
+def bert_names(num_layers: int, pooler: bool) -> list[tuple[str, str]]:
+    """(qkv name, Hugging Face name without "bert.") of the embeddings, layers and pooler."""
+    names = [
+        ("tok_embed.weight", "embeddings.word_embeddings.weight"),
+        ("positions.embedding.weight", "embeddings.position_embeddings.weight"),
+        ("segment_embed.weight", "embeddings.token_type_embeddings.weight"),
+        ("embed_norm.weight", "embeddings.LayerNorm.weight"),
+        ("embed_norm.bias", "embeddings.LayerNorm.bias"),
+    ]
+    for i in range(num_layers):
+        names += [(f"encoder.layers.{i}.{q}", f"encoder.layer.{i}.{h}") for q, h in BERT_LAYER_NAMES]
+    if pooler:
+        names += [("pooler.weight", "pooler.dense.weight"), ("pooler.bias", "pooler.dense.bias")]
+    return names
+
+
 def bert_from_hf(directory: str | Path) -> BERT:
     """A qkv BERT holding a Hugging Face BERT checkpoint (BertModel or BertForMaskedLM)."""
     config, state = read_hf_dir(directory)
     s = _strip(state, "bert.")
     cfg = bert_config_from_hf(config, pooler="pooler.dense.weight" in s)
-    e = "embeddings."
-    ours: dict[str, Tensor] = {
-        "tok_embed.weight": s[e + "word_embeddings.weight"],
-        "positions.embedding.weight": s[e + "position_embeddings.weight"],
-        "segment_embed.weight": s[e + "token_type_embeddings.weight"],
-        "embed_norm.weight": s[e + "LayerNorm.weight"],
-        "embed_norm.bias": s[e + "LayerNorm.bias"],
-    }
+    ours = {q: s[h] for q, h in bert_names(cfg.N, cfg.pooler)}
     for i in range(cfg.N):
-        h, q = f"encoder.layer.{i}.", f"encoder.layers.{i}."
-        a = h + "attention.self."
-        ours |= {
-            q + "self_attn.in_proj.weight": torch.cat([s[a + n + ".weight"] for n in ("query", "key", "value")]),
-            q + "self_attn.in_proj.bias": torch.cat([s[a + n + ".bias"] for n in ("query", "key", "value")]),
-            q + "self_attn.out_proj.weight": s[h + "attention.output.dense.weight"],
-            q + "self_attn.out_proj.bias": s[h + "attention.output.dense.bias"],
-            q + "norm1.weight": s[h + "attention.output.LayerNorm.weight"],
-            q + "norm1.bias": s[h + "attention.output.LayerNorm.bias"],
-            q + "ffn.w_1.weight": s[h + "intermediate.dense.weight"],
-            q + "ffn.w_1.bias": s[h + "intermediate.dense.bias"],
-            q + "ffn.w_2.weight": s[h + "output.dense.weight"],
-            q + "ffn.w_2.bias": s[h + "output.dense.bias"],
-            q + "norm3.weight": s[h + "output.LayerNorm.weight"],
-            q + "norm3.bias": s[h + "output.LayerNorm.bias"],
-        }
-    if cfg.pooler:
-        ours |= {"pooler.weight": s["pooler.dense.weight"], "pooler.bias": s["pooler.dense.bias"]}
+        a = f"encoder.layer.{i}.attention.self."
+        for kind in ("weight", "bias"):  # W^Q, W^K, W^V stacked into the fused projection
+            ours[f"encoder.layers.{i}.self_attn.in_proj.{kind}"] = torch.cat(
+                [s[f"{a}{n}.{kind}"] for n in ("query", "key", "value")]
+            )
     model = BERT(cfg)
-    head = "cls.predictions."
-    if head + "transform.dense.weight" in s:
-        ours |= {
-            "mlm_dense.weight": s[head + "transform.dense.weight"],
-            "mlm_dense.bias": s[head + "transform.dense.bias"],
-            "mlm_norm.weight": s[head + "transform.LayerNorm.weight"],
-            "mlm_norm.bias": s[head + "transform.LayerNorm.bias"],
-            "mlm_bias": s[head + "bias"],
-        }
+    if BERT_MLM_NAMES[0][1] in s:
+        ours |= {q: s[h] for q, h in BERT_MLM_NAMES}
     else:  # an encoder-only checkpoint (e.g. a sentence-transformers model): keep the fresh MLM head
-        ours |= {k: v for k, v in model.state_dict().items() if k.startswith("mlm_")}
+        ours |= {q: v for q, v in model.state_dict().items() if q.startswith("mlm_")}
     load_weights(model, {k: v.contiguous() for k, v in ours.items()}, f"{directory} (BERT)")
     return model.eval()
 
@@ -234,41 +237,12 @@ def bert_to_hf(model: BERT) -> tuple[dict[str, Any], dict[str, Tensor]]:
     cfg = model.cfg
     p = {k: v.detach() for k, v in model.state_dict().items()}
     d = cfg.d_model
-    e = "bert.embeddings."
-    s: dict[str, Tensor] = {
-        e + "word_embeddings.weight": p["tok_embed.weight"],
-        e + "position_embeddings.weight": p["positions.embedding.weight"],
-        e + "token_type_embeddings.weight": p["segment_embed.weight"],
-        e + "LayerNorm.weight": p["embed_norm.weight"],
-        e + "LayerNorm.bias": p["embed_norm.bias"],
-    }
+    s = {f"bert.{h}": p[q] for q, h in bert_names(cfg.N, cfg.pooler)} | {h: p[q] for q, h in BERT_MLM_NAMES}
     for i in range(cfg.N):
-        h, q = f"bert.encoder.layer.{i}.", f"encoder.layers.{i}."
-        w, b = p[q + "self_attn.in_proj.weight"], p[q + "self_attn.in_proj.bias"]
-        for j, n in enumerate(("query", "key", "value")):
-            s[h + f"attention.self.{n}.weight"] = w[j * d : (j + 1) * d]
-            s[h + f"attention.self.{n}.bias"] = b[j * d : (j + 1) * d]
-        s |= {
-            h + "attention.output.dense.weight": p[q + "self_attn.out_proj.weight"],
-            h + "attention.output.dense.bias": p[q + "self_attn.out_proj.bias"],
-            h + "attention.output.LayerNorm.weight": p[q + "norm1.weight"],
-            h + "attention.output.LayerNorm.bias": p[q + "norm1.bias"],
-            h + "intermediate.dense.weight": p[q + "ffn.w_1.weight"],
-            h + "intermediate.dense.bias": p[q + "ffn.w_1.bias"],
-            h + "output.dense.weight": p[q + "ffn.w_2.weight"],
-            h + "output.dense.bias": p[q + "ffn.w_2.bias"],
-            h + "output.LayerNorm.weight": p[q + "norm3.weight"],
-            h + "output.LayerNorm.bias": p[q + "norm3.bias"],
-        }
-    if cfg.pooler:
-        s |= {"bert.pooler.dense.weight": p["pooler.weight"], "bert.pooler.dense.bias": p["pooler.bias"]}
-    s |= {
-        "cls.predictions.transform.dense.weight": p["mlm_dense.weight"],
-        "cls.predictions.transform.dense.bias": p["mlm_dense.bias"],
-        "cls.predictions.transform.LayerNorm.weight": p["mlm_norm.weight"],
-        "cls.predictions.transform.LayerNorm.bias": p["mlm_norm.bias"],
-        "cls.predictions.bias": p["mlm_bias"],
-    }
+        for kind in ("weight", "bias"):
+            fused = p[f"encoder.layers.{i}.self_attn.in_proj.{kind}"]
+            for j, n in enumerate(("query", "key", "value")):
+                s[f"bert.encoder.layer.{i}.attention.self.{n}.{kind}"] = fused[j * d : (j + 1) * d]
     activation = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[cfg.activation]
     config = {
         "architectures": ["BertForMaskedLM"],

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 from torch import Tensor, nn
 
-from qkv.config import check, config_from_dict, replace
+from qkv.config import ConfigBase, check
 from qkv.errors import QkvError
 from qkv.layers import (
     Dropout,
@@ -36,7 +36,7 @@ SHARE_CHOICES = ("none", "decoder", "all")
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(ConfigBase):
     """Shape and regularisation of an encoder–decoder Transformer, in the paper's notation.
 
     ``N`` is the number of encoder layers and, unless ``N_dec`` is set, of decoder layers.
@@ -104,17 +104,12 @@ class TransformerConfig:
         """Number of decoder layers."""
         return self.N if self.N_dec is None else self.N_dec
 
-    @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> TransformerConfig:
-        """A named preset (see ``TRANSFORMER_PRESETS``) with ``overrides`` applied."""
-        if name not in TRANSFORMER_PRESETS:
-            raise QkvError(f"unknown model preset '{name}': choose one of {', '.join(TRANSFORMER_PRESETS)}")
-        return replace(TRANSFORMER_PRESETS[name], "model", **overrides)
+    KIND: ClassVar[str] = "model"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
-        """Build from a dict (as stored in config.json), rejecting unknown fields."""
-        return config_from_dict(cls, data, "model")
+    def presets(cls) -> dict[str, TransformerConfig]:
+        """Named presets (``TRANSFORMER_PRESETS``)."""
+        return TRANSFORMER_PRESETS
 
 
 TRANSFORMER_PRESETS: dict[str, TransformerConfig] = {
