@@ -1,4 +1,5 @@
-"""Training as importable functions: schedules, the loss, one step, evaluation, and the whole loop.
+"""Training as importable functions: schedules, the optimizer, one step, and the whole loop — one loop
+for every model family (what differs lives in :mod:`qkv.families`), on one process or under torchrun.
 
 The paper's recipe (section 5): label-smoothed cross-entropy (ε = 0.1) ignoring padding, Adam
 (β = 0.9/0.98, ε = 1e-9), and the "Noam" schedule

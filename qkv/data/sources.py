@@ -75,11 +75,22 @@ class TokenBudgetStream:
     at random), cut into batches of at most ``max_tokens`` padded tokens per side, and the batches are
     shuffled — all from ``seed`` and the epoch number, so the position is just (epoch, batch)."""
 
-    def __init__(self, src: list[list[int]], tgt: list[list[int]], max_tokens: int, seed: int) -> None:
+    def __init__(
+        self,
+        src: list[list[int]],
+        tgt: list[list[int]],
+        max_tokens: int,
+        seed: int,
+        *,
+        bos_id: int = 1,
+        eos_id: int = 2,
+        pad_id: int = 0,
+    ) -> None:
         longest = max(max(len(s), len(t)) + 1 for s, t in zip(src, tgt, strict=True))
         if longest > max_tokens:
             raise QkvError(f"train.max_tokens={max_tokens} is below the longest pair ({longest} tokens); raise it")
         self.src, self.tgt, self.max_tokens, self.seed = src, tgt, max_tokens, seed
+        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.epoch, self.pos = 0, 0
         self._batches = self.epoch_batches(0)
 
@@ -111,10 +122,11 @@ class TokenBudgetStream:
             self._batches = self.epoch_batches(self.epoch)
         idx = self._batches[self.pos]
         self.pos += 1
+        bos, eos, pad_id = self.bos_id, self.eos_id, self.pad_id
         return Seq2SeqBatch(
-            src=pad([self.src[i] + [2] for i in idx]),
-            tgt_in=pad([[1] + self.tgt[i] for i in idx]),
-            tgt_out=pad([self.tgt[i] + [2] for i in idx]),
+            src=pad([self.src[i] + [eos] for i in idx], pad_id),
+            tgt_in=pad([[bos] + self.tgt[i] for i in idx], pad_id),
+            tgt_out=pad([self.tgt[i] + [eos] for i in idx], pad_id),
         )
 
     @property
@@ -208,7 +220,8 @@ class ParallelSource:
         """Token-budget batches (``max_tokens`` padded tokens per side, or ``batch_size`` × longest)."""
         src, tgt = self.train_ids()
         budget = max_tokens if max_tokens > 0 else batch_size * (self.cfg.max_len + 1)
-        return TokenBudgetStream(src, tgt, budget, seed)
+        t = self.tgt_tok
+        return TokenBudgetStream(src, tgt, budget, seed, bos_id=t.bos_id, eos_id=t.eos_id, pad_id=t.pad_id)
 
 
 def build_source(cfg: TaskConfig, tokenizers: tuple[Tokenizer, Tokenizer] | None = None, log=None) -> Source:
