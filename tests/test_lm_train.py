@@ -102,3 +102,12 @@ def test_cli_generate_embed_attention_export(tmp_path, text_file):
     res = cli("convert", "--from-hf", str(tmp_path / "nope"), "--out", str(tmp_path / "c"))
     assert res.returncode == 2 and "config.json is missing" in res.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_gpt_on_bpe_tokens(tmp_path, text_file):
+    over = TINY_GPT + [f"task.path={text_file}", "task.tokenizer=bpe", "task.vocab_size=60", "steps=4", "eval_every=4"]
+    train(recipe("shakespeare-char"), tmp_path / "bpe", overrides=over, progress=False, log=quiet)
+    run = qkv.load(tmp_path / "bpe")
+    assert len(run.tokenizer) <= 60
+    assert run.tokenizer.decode(run.tokenizer.encode("To be, or not")) == "To be, or not"
+    assert isinstance(run.generate("To be", max_new_tokens=5, seed=0)[0], str)
