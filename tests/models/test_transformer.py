@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -33,16 +35,18 @@ def _copy_ffn(dst, layer: TransformerLayer) -> None:
 def torch_reference(model) -> torch.nn.Transformer:
     """An nn.Transformer with the weights of ``model``'s encoder and decoder stacks."""
     cfg = model.cfg
-    ref = torch.nn.Transformer(
-        cfg.d_model,
-        cfg.h,
-        cfg.N,
-        cfg.decoder_layers,
-        cfg.d_ff,
-        dropout=0.0,
-        batch_first=True,
-        norm_first=cfg.norm_first,
-    )
+    with warnings.catch_warnings():  # torch warns that pre-LN stacks cannot use nested tensors
+        warnings.simplefilter("ignore", UserWarning)
+        ref = torch.nn.Transformer(
+            cfg.d_model,
+            cfg.h,
+            cfg.N,
+            cfg.decoder_layers,
+            cfg.d_ff,
+            dropout=0.0,
+            batch_first=True,
+            norm_first=cfg.norm_first,
+        )
     with torch.no_grad():
         for mine, theirs in zip(model.encoder.layers, ref.encoder.layers, strict=True):
             _copy_attn(theirs.self_attn, mine.self_attn)
