@@ -36,7 +36,7 @@ from qkv.checkpoint import (
 from qkv.config import replace as replace_section
 from qkv.data import resolve_paths
 from qkv.errors import QkvError
-from qkv.families import Family, bleu_scores, evaluate, load_run_tokenizers, make_family
+from qkv.families import Family, load_run_tokenizers, make_family
 from qkv.models import count_parameters
 from qkv.objectives import label_smoothed_loss
 from qkv.recipes import DEFAULT_RECIPE, RECIPES, RunConfig, TrainConfig, recipe
@@ -46,10 +46,7 @@ __all__ = [
     "RECIPES",
     "RunConfig",
     "TrainConfig",
-    "bleu_scores",
-    "evaluate",
     "label_smoothed_loss",
-    "load_run_tokenizers",
     "lr_at",
     "make_optimizer",
     "recipe",
