@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -17,9 +18,15 @@ TINY += ["valid_size=8", "test_size=8", "task.max_len=8"]
 TINY += ["eps=1e-3"]
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path):
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     cmd += ["-m", "qkv", "train", "reverse", *TINY, "--out", str(ddp), "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -37,7 +44,7 @@ def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path):
     assert worst < 1e-6, worst
     assert json.loads((ddp / "summary.json").read_text())["processes"] == 2
     # resume under torchrun
-    cmd2 = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29518"]
+    cmd2 = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     cmd2 += ["-m", "qkv", "train", "--resume", str(ddp), "steps=8", "--no-progress"]
     res = subprocess.run(cmd2, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
