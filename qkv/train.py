@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -162,8 +163,6 @@ class Distributed:
     @classmethod
     def from_env(cls) -> Distributed:
         """Read torchrun's environment variables."""
-        import os
-
         return cls(
             int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         )

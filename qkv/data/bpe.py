@@ -125,10 +125,6 @@ class SubwordTokenizer:
         """Write qkv's tokenizer file."""
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
 
-    def save_hf(self, path: Path) -> None:
-        """Write the plain Hugging Face ``tokenizer.json``."""
-        Path(path).write_text(self.tokenizer.to_str(pretty=True), encoding="utf-8")
-
 
 def load_tokenizer(path: Path) -> Vocab | SubwordTokenizer:
     """Load a run's tokenizer file, whichever kind its content says it is."""
