@@ -20,10 +20,9 @@ from qkv.checkpoint import load_model_tensors, load_weights, read_json
 from qkv.data import Vocab, build_source, encode_source, read_lines
 from qkv.decode import beam_search, generate, greedy
 from qkv.errors import QkvError
-from qkv.families import bleu_scores, evaluate, load_run_tokenizers
-from qkv.models import build_transformer, count_parameters
-from qkv.models.bert import BERT, mean_pool
-from qkv.models.gpt import GPT
+from qkv.families import bleu_scores, build_model, evaluate, load_run_tokenizers
+from qkv.models import count_parameters
+from qkv.models.bert import mean_pool
 from qkv.recipes import RunConfig
 
 __all__ = ["BERTRun", "GPTRun", "Run", "Seq2SeqRun", "load"]
@@ -126,6 +125,11 @@ class Seq2SeqRun(Run):
     def attention(self, text: str, *, target: str | None = None, beam: int = 1) -> AttentionMaps:
         """Every attention map (encoder, decoder, cross) of the model translating ``text``."""
         from qkv.viz.maps import attention_maps
+
+        if self.config.family != "seq2seq":
+            raise QkvError(
+                f"attention maps are drawn for Transformer runs; {self.path} is a {self.config.family} baseline run"
+            )
 
         return attention_maps(self, text, target=target, beam=beam)
 
@@ -254,15 +258,6 @@ def _special_ids(tok: Vocab) -> list[int]:
     """The ids of a character vocabulary's special symbols (never part of the text itself)."""
     mask = tok.token_id("<mask>")
     return [tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id] + ([mask] if mask is not None else [])
-
-
-def build_model(cfg: RunConfig) -> Any:
-    """A fresh model for a run config."""
-    if cfg.family == "gpt":
-        return GPT(cfg.model)
-    if cfg.family == "bert":
-        return BERT(cfg.model)
-    return build_transformer(cfg.model)
 
 
 def load(run: str | Path, *, device: str = "cpu") -> Seq2SeqRun | GPTRun | BERTRun:

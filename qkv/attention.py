@@ -32,8 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "ATTENTION_VARIANTS",
     "KVCache",
     "MultiHeadAttention",
+    "additive_attention",
+    "attend",
     "attention_per_query",
     "attention_reference",
     "causal_mask",
@@ -160,6 +163,52 @@ def attention_per_query(
     return output, torch.cat(rows, dim=-2) if need_weights else None
 
 
+ATTENTION_VARIANTS = ("scaled", "dot", "per_query")
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    *,
+    variant: str = "scaled",
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    is_causal: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention of one of the seed's variants; returns (output, weights or None).
+
+    * ``"scaled"``: softmax(Q Kᵀ / √d_k) V, all queries as one matrix product (the Transformer's);
+    * ``"dot"``: softmax(Q Kᵀ) V, unscaled (saturates as d_k grows);
+    * ``"per_query"``: the scaled form computed one query at a time (no dropout).
+    """
+    if variant == "per_query":
+        if is_causal:
+            cm = causal_mask(q.size(-2), k.size(-2), device=q.device)
+            mask = cm if mask is None else mask & cm
+        return attention_per_query(q, k, v, mask, need_weights=need_weights)
+    if variant not in ATTENTION_VARIANTS:
+        raise ValueError(f"unknown attention variant {variant!r}: choose one of {', '.join(ATTENTION_VARIANTS)}")
+    scale = 1.0 if variant == "dot" else None
+    return scaled_dot_product_attention(
+        q, k, v, mask, scale=scale, dropout_p=dropout_p, need_weights=need_weights, is_causal=is_causal
+    )
+
+
+def additive_attention(q: Tensor, k: Tensor, v: Tensor, w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Additive (Bahdanau) attention, softmax_s(wᵀ tanh(q_t + k_s)) v; returns (output, weights).
+
+    q (B, T, A) and k (B, S, A) are the already projected query and keys, v (B, S, D_v), w (A,).
+    ``mask`` is boolean, True = may attend, broadcastable to (B, T, S). Output (B, T, D_v), weights (B, T, S).
+    """
+    scores = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)) @ w  # (B, T, 1, A) + (B, 1, S, A) -> (B, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1)  # (B, T, S)
+    return weights @ v, weights  # (B, T, D_v), (B, T, S)
+
+
 class KVCache:
     """Keys and values of one attention module kept across decoding steps.
 
@@ -232,12 +281,17 @@ class MultiHeadAttention(nn.Module):
     applies its Q rows to the queries and its K/V rows to the memory.
     """
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(
+        self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True, variant: str = "scaled"
+    ) -> None:
         super().__init__()
         if d_model % num_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+        if variant not in ATTENTION_VARIANTS:
+            raise ValueError(f"unknown attention variant {variant!r}: choose one of {', '.join(ATTENTION_VARIANTS)}")
         self.d_model, self.h, self.d_k = d_model, num_heads, d_model // num_heads
         self.dropout = dropout
+        self.variant = variant
         self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V]
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
 
@@ -282,11 +336,12 @@ class MultiHeadAttention(nn.Module):
         """
         B, T, _ = query.shape
         q, k, v = self._project(query, memory, cache)  # (B, H, T, D), (B, H, S, D), (B, H, S, D)
-        out, weights = scaled_dot_product_attention(
+        out, weights = attend(
             q,
             k,
             v,
             mask,
+            variant=self.variant,
             dropout_p=self.dropout if self.training else 0.0,
             need_weights=need_weights,
             is_causal=is_causal,

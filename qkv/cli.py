@@ -21,7 +21,8 @@ EXAMPLES = {
     "train": """examples:
   qkv train                                   # the default task (dates), into runs/dates-<time>
   qkv train reverse d_model=64 steps=800 --out runs/rev
-  qkv train --resume runs/rev steps=1200      # continue, optionally with more steps""",
+  qkv train --resume runs/rev steps=1200      # continue, optionally with more steps
+  qkv train reverse --family rnn --out runs/rev-gru   # the GRU baseline on the same task""",
     "translate": """examples:
   qkv translate runs/rev "hello"
   echo "the fourth of july nineteen eighty seven" | qkv translate runs/dates --beam 4""",
@@ -45,6 +46,10 @@ EXAMPLES = {
   qkv export --to-hf runs/shakespeare --out hf/shakespeare   # then transformers' from_pretrained works""",
     "serve": """example:
   qkv serve runs/dates            # then open http://127.0.0.1:8000/""",
+    "compare": """examples:
+  qkv compare --quick --out runs/compare-quick          # every experiment at toy sizes, <= 10 minutes
+  qkv compare --multi30k ../shared/data/multi30k --out runs/compare   # full sizes, translation on Multi30k
+  qkv compare --quick --only path_length,query_batch     # some experiments""",
 }
 
 
@@ -85,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--text", type=Path, metavar="FILE", help="a text file for a language model (sets task.path)")
     t.add_argument("--valid-text", type=Path, metavar="FILE", help="validation text (default: the last 10%%)")
     t.add_argument("--config", type=Path, help="a JSON file with model/train/task sections to override")
+    t.add_argument(
+        "--family",
+        choices=("seq2seq", "rnn", "cnn"),
+        help="model family for a translation preset: the Transformer (seq2seq, default), the GRU baseline "
+        "with additive attention (rnn) or ConvS2S (cnn); same data, trainer, decoding and metrics",
+    )
     t.add_argument("--out", type=Path, help="run directory to create (default: runs/PRESET-TIME)")
     t.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN exactly where it stopped")
     t.add_argument("--until-step", type=int, metavar="N", help="stop (resumably) after step N")
@@ -157,6 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
 
+    cp = sub.add_parser(
+        "compare",
+        help="measure Transformer vs RNN vs CNN, scaled vs unscaled, query batch vs per query",
+        epilog=EXAMPLES["compare"],
+        formatter_class=fmt,
+    )
+    cp.add_argument("--quick", action="store_true", help="toy sizes: every experiment in <= 10 minutes on 2 cores")
+    cp.add_argument("--sizes", default="full", choices=("full", "quick", "smoke"), help="sizes preset (default full)")
+    cp.add_argument(
+        "--only",
+        metavar="A,B",
+        help="comma-separated experiments (default all): "
+        "parallelism, path_length, long_range, scaling, query_batch, heads, translation",
+    )
+    cp.add_argument("--multi30k", type=Path, metavar="DIR", help="Multi30k directory for the translation experiment")
+    cp.add_argument("--out", type=Path, metavar="DIR", help="directory to write (default runs/compare-SIZES-TIME)")
+
     info = sub.add_parser("info", help="config, parameters, last metrics", epilog=EXAMPLES["info"], formatter_class=fmt)
     info.add_argument("run", type=Path, metavar="RUN")
     return p
@@ -170,8 +198,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     preset, overrides = DEFAULT_RECIPE, list(a.args)
     if overrides and "=" not in overrides[0]:
         preset = overrides.pop(0)
+    family = a.family
     if a.config is not None:
         overrides = config_file_overrides(a.config) + overrides
+        family = family or config_file_family(a.config)
     for split in ("train", "valid", "test"):
         files = getattr(a, split)
         if files:
@@ -189,10 +219,12 @@ def cmd_train(a: argparse.Namespace) -> int:
             raise QkvError("--resume continues a run with its own config: drop the preset (overrides may stay)")
         if a.out is not None:
             raise QkvError("--resume writes into RUN itself: drop --out")
+        if family is not None:
+            raise QkvError("--resume continues a run with its own model family: drop --family")
         out = a.resume
         summary = train(out=out, resume=True, overrides=overrides, until_step=a.until_step, progress=not a.no_progress)
     else:
-        cfg = recipe(preset)
+        cfg = recipe(preset) if family is None else recipe(preset).with_family(family)
         out = a.out or Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         summary = train(cfg, out, overrides=overrides, until_step=a.until_step, progress=not a.no_progress)
     if summary.get("stopped") or "eval_split" not in summary:  # stopped early, or not torchrun's rank 0
@@ -250,13 +282,22 @@ def config_file_overrides(path: Path) -> list[str]:
     return out
 
 
+def config_file_family(path: Path) -> str | None:
+    """The "family" named in a JSON config file, if any."""
+    family = json.loads(path.read_text(encoding="utf-8")).get("family")
+    if family is not None and not isinstance(family, str):
+        raise QkvError(f'config file {path}: "family" must be a string such as "rnn"')
+    return family
+
+
 def cmd_translate(a: argparse.Namespace) -> int:
     """``qkv translate``: one output line per input text."""
     from qkv import api
     from qkv.data import read_lines
+    from qkv.recipes import TRANSLATION_FAMILIES
 
     run = api.load(a.run)
-    _need(run, "seq2seq", "translate")
+    _need(run, TRANSLATION_FAMILIES, "translate")
     if a.input is not None:
         texts = list(a.text) + read_lines(a.input)
     else:
@@ -272,9 +313,10 @@ def cmd_translate(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     """``qkv evaluate``: metrics as one JSON object."""
     from qkv import api
+    from qkv.recipes import TRANSLATION_FAMILIES
 
     run = api.load(a.run)
-    if run.config.family != "seq2seq":
+    if run.config.family not in TRANSLATION_FAMILIES:
         if a.src is not None or a.ref is not None:
             raise QkvError("--src/--ref score translations; this is a language-model run")
         from qkv.families import make_family
@@ -306,10 +348,11 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_attention(a: argparse.Namespace) -> int:
     """``qkv attention``: write a heatmap (PNG/SVG) or every map as JSON."""
     from qkv import api
+    from qkv.recipes import TRANSLATION_FAMILIES
     from qkv.viz import save_attention
 
     run = api.load(a.run)
-    seq2seq = run.config.family == "seq2seq"
+    seq2seq = run.config.family in TRANSLATION_FAMILIES
     maps = run.attention(a.text, beam=a.beam) if seq2seq else run.attention(a.text)
     kind = a.kind or ("cross" if seq2seq else "self")
     path = save_attention(maps, a.output, kind=kind, layer=a.layer, head=a.head, fmt=a.format)
@@ -318,9 +361,10 @@ def cmd_attention(a: argparse.Namespace) -> int:
     return 0
 
 
-def _need(run: Any, family: str, verb: str) -> None:
-    if run.config.family != family:
-        raise QkvError(f"`qkv {verb}` needs a {family} run; {run.path} is a {run.config.family} run")
+def _need(run: Any, families: tuple[str, ...], verb: str) -> None:
+    if run.config.family not in families:
+        wanted = " or ".join(families)
+        raise QkvError(f"`qkv {verb}` needs a {wanted} run; {run.path} is a {run.config.family} run")
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
@@ -328,7 +372,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from qkv import api
 
     run = api.load(a.run)
-    _need(run, "gpt", "generate")
+    _need(run, ("gpt",), "generate")
     opts = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
     if len(a.prompt) == 1:
         sys.stdout.write(a.prompt[0])
@@ -352,7 +396,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
     from qkv import api
 
     run = api.load(a.run)
-    _need(run, "bert", "embed")
+    _need(run, ("bert",), "embed")
     texts = a.text if a.text else [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise QkvError("nothing to embed: give TEXT arguments or lines on stdin")
@@ -387,6 +431,17 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    """``qkv compare``: run the comparison experiments and write report.md, plots and results.json."""
+    from qkv.compare import run_comparison
+
+    sizes = "quick" if a.quick else a.sizes
+    only = tuple(x.strip() for x in a.only.split(",")) if a.only else None
+    out = a.out or Path("runs") / f"compare-{sizes}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_comparison(out, sizes, multi30k=a.multi30k, only=only)
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "translate": cmd_translate,
@@ -398,6 +453,7 @@ COMMANDS = {
     "convert": cmd_convert,
     "export": cmd_export,
     "serve": cmd_serve,
+    "compare": cmd_compare,
 }
 
 

@@ -20,18 +20,34 @@ from qkv.data import build_source, encode_pairs
 from qkv.data.bpe import load_tokenizer
 from qkv.data.lm import TextSource
 from qkv.decode import beam_search, greedy
-from qkv.models import Transformer, build_transformer
+from qkv.models import Transformer
 from qkv.models.bert import BERT, BERTForMLM
+from qkv.models.convs2s import ConvS2S
 from qkv.models.gpt import GPT
+from qkv.models.rnn import RNNSeq2Seq
 from qkv.objectives import label_smoothed_loss, token_loss
-from qkv.recipes import RunConfig
+from qkv.recipes import TRANSLATION_FAMILIES, RunConfig
 
-__all__ = ["Family", "bleu_scores", "evaluate", "make_family", "tokenizer_files"]
+__all__ = ["MODEL_CLASSES", "Family", "bleu_scores", "build_model", "evaluate", "make_family", "tokenizer_files"]
+
+# family -> the model class its config builds
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "seq2seq": Transformer,
+    "rnn": RNNSeq2Seq,
+    "cnn": ConvS2S,
+    "gpt": GPT,
+    "bert": BERT,
+}
+
+
+def build_model(cfg: RunConfig) -> nn.Module:
+    """A fresh model for a run config (the module saved in the run)."""
+    return MODEL_CLASSES[cfg.family](cfg.model)
 
 
 def tokenizer_files(family: str) -> tuple[str, ...]:
     """The tokenizer files of a run of ``family``."""
-    return ("src_tokenizer.json", "tgt_tokenizer.json") if family == "seq2seq" else ("tokenizer.json",)
+    return ("src_tokenizer.json", "tgt_tokenizer.json") if family in TRANSLATION_FAMILIES else ("tokenizer.json",)
 
 
 def load_run_tokenizers(run: Path, family: str = "seq2seq") -> tuple[Any, ...]:
@@ -83,7 +99,7 @@ class Family:
 
 
 class Seq2SeqFamily(Family):
-    """Encoder–decoder translation: built-in tasks or parallel text."""
+    """Encoder–decoder translation (the Transformer): built-in tasks or parallel text."""
 
     name = "seq2seq"
 
@@ -99,7 +115,7 @@ class Seq2SeqFamily(Family):
         return replace(self.cfg.model, "model", src_vocab_size=len(src), tgt_vocab_size=len(tgt))
 
     def build(self, model_cfg: Any) -> tuple[nn.Module, nn.Module]:
-        model = build_transformer(model_cfg)
+        model = MODEL_CLASSES[self.name](model_cfg)
         return model, model
 
     def stream(self) -> Any:
@@ -125,6 +141,18 @@ class Seq2SeqFamily(Family):
     def final_split(self) -> str:
         has_test = self.cfg.task.name != "parallel" or self.cfg.task.test_src is not None
         return "test" if has_test else "valid"
+
+
+class RNNFamily(Seq2SeqFamily):
+    """The GRU encoder–decoder baseline: same data, loss, decoding and metrics as the Transformer."""
+
+    name = "rnn"
+
+
+class CNNFamily(Seq2SeqFamily):
+    """The ConvS2S baseline: same data, loss, decoding and metrics as the Transformer."""
+
+    name = "cnn"
 
 
 class LMFamily(Family):
@@ -213,7 +241,13 @@ class BERTFamily(LMFamily):
         return f"valid MLM loss {metrics['loss']:.4f}, masked-token accuracy {metrics['token_accuracy']:.4f}"
 
 
-FAMILY_CLASSES: dict[str, type[Family]] = {"seq2seq": Seq2SeqFamily, "gpt": GPTFamily, "bert": BERTFamily}
+FAMILY_CLASSES: dict[str, type[Family]] = {
+    "seq2seq": Seq2SeqFamily,
+    "rnn": RNNFamily,
+    "cnn": CNNFamily,
+    "gpt": GPTFamily,
+    "bert": BERTFamily,
+}
 
 
 def make_family(cfg: RunConfig, tokenizers: tuple[Any, ...] | None = None, log: Any = None) -> Family:
@@ -223,7 +257,7 @@ def make_family(cfg: RunConfig, tokenizers: tuple[Any, ...] | None = None, log: 
 
 @torch.no_grad()
 def evaluate(
-    model: Transformer,
+    model: Any,
     pairs: list[tuple[str, str]],
     src_tok: Any,
     tgt_tok: Any,

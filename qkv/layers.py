@@ -145,6 +145,7 @@ class TransformerLayer(nn.Module):
     Without cross-attention it is the paper's encoder layer (or a GPT/BERT block); with it, a decoder
     layer. Each sublayer is wrapped in a residual connection with LayerNorm, after the residual as in
     the paper (``norm_first=False``, post-LN) or before the sublayer (``norm_first=True``, pre-LN).
+    ``attention`` picks the variant (:data:`qkv.attention.ATTENTION_VARIANTS`).
     """
 
     def __init__(
@@ -160,13 +161,14 @@ class TransformerLayer(nn.Module):
         cross_attention: bool = False,
         activation: str = "relu",
         eps: float = 1e-5,
+        attention: str = "scaled",
     ) -> None:
         super().__init__()
         p_attn = dropout if attention_dropout is None else attention_dropout
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, h, dropout=p_attn)
+        self.self_attn = MultiHeadAttention(d_model, h, dropout=p_attn, variant=attention)
         self.norm1 = nn.LayerNorm(d_model, eps=eps)
-        self.cross_attn = MultiHeadAttention(d_model, h, dropout=p_attn) if cross_attention else None
+        self.cross_attn = MultiHeadAttention(d_model, h, dropout=p_attn, variant=attention) if cross_attention else None
         self.norm2 = nn.LayerNorm(d_model, eps=eps) if cross_attention else None
         self.ffn = FeedForward(d_model, d_ff, ffn_dropout, activation)
         self.norm3 = nn.LayerNorm(d_model, eps=eps)

@@ -17,9 +17,11 @@ from qkv.data.lm import TextConfig
 from qkv.errors import QkvError
 from qkv.models import TransformerConfig
 from qkv.models.bert import BERTConfig
+from qkv.models.convs2s import ConvS2SConfig
 from qkv.models.gpt import GPTConfig
+from qkv.models.rnn import RNNConfig
 
-__all__ = ["DEFAULT_RECIPE", "FAMILIES", "RECIPES", "RunConfig", "TrainConfig", "recipe"]
+__all__ = ["DEFAULT_RECIPE", "FAMILIES", "RECIPES", "TRANSLATION_FAMILIES", "RunConfig", "TrainConfig", "recipe"]
 
 SCHEDULES = ("noam", "inverse_sqrt", "cosine", "constant")
 
@@ -77,9 +79,13 @@ class TrainConfig:
 # family -> (model config class, data config class)
 FAMILIES: dict[str, tuple[type, type]] = {
     "seq2seq": (TransformerConfig, TaskConfig),
+    "rnn": (RNNConfig, TaskConfig),
+    "cnn": (ConvS2SConfig, TaskConfig),
     "gpt": (GPTConfig, TextConfig),
     "bert": (BERTConfig, TextConfig),
 }
+# The encoder–decoder families: the Transformer and its RNN and CNN baselines (same data, decoding, metrics).
+TRANSLATION_FAMILIES = ("seq2seq", "rnn", "cnn")
 
 
 @dataclass
@@ -107,11 +113,24 @@ class RunConfig:
 
     @property
     def family(self) -> str:
-        """'seq2seq', 'gpt' or 'bert'."""
+        """'seq2seq' (Transformer), 'rnn', 'cnn', 'gpt' or 'bert'."""
         for name, (model_cls, _) in FAMILIES.items():
             if isinstance(self.model, model_cls):
                 return name
         raise QkvError(f"unknown model config type {type(self.model).__name__}")
+
+    def with_family(self, family: str) -> RunConfig:
+        """The same training and data with the default model of another translation family (keeping
+        ``d_model``, ``max_len`` and the embedding sharing), e.g. the GRU baseline of a Transformer recipe."""
+        if family == self.family:
+            return self
+        if family not in TRANSLATION_FAMILIES or self.family not in TRANSLATION_FAMILIES:
+            raise QkvError(
+                f"cannot switch a {self.family} recipe to family '{family}': "
+                f"only {', '.join(TRANSLATION_FAMILIES)} share their data"
+            )
+        kept = {k: getattr(self.model, k) for k in ("d_model", "max_len", "share_embeddings", "pad_id")}
+        return RunConfig(model=FAMILIES[family][0](**kept), train=self.train, task=self.task)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as stored in config.json."""
@@ -175,7 +194,7 @@ RECIPES: dict[str, RunConfig] = {
             d_model=256, h=4, N=3, d_ff=1024, dropout=0.1, attention_dropout=0.0, max_len=128, share_embeddings="all"
         ),
         train=TrainConfig(
-            steps=2400, max_tokens=4096, lr=2e-3, schedule="cosine", warmup=400, min_lr=1e-5, eval_every=600
+            steps=2200, max_tokens=4096, lr=2e-3, schedule="cosine", warmup=400, min_lr=1e-5, eval_every=550
         ),
         task=TaskConfig(name="parallel", max_len=100, vocab_size=8000, joint_vocab=True),
     ),

@@ -40,7 +40,7 @@ from qkv.errors import QkvError
 from qkv.families import Family, load_run_tokenizers, make_family
 from qkv.models import count_parameters
 from qkv.objectives import label_smoothed_loss
-from qkv.recipes import DEFAULT_RECIPE, RECIPES, RunConfig, TrainConfig, recipe
+from qkv.recipes import DEFAULT_RECIPE, RECIPES, TRANSLATION_FAMILIES, RunConfig, TrainConfig, recipe
 
 __all__ = [
     "DEFAULT_RECIPE",
@@ -250,7 +250,7 @@ def _resolve_config(cfg: RunConfig | None, out: Path, resume: bool, overrides: l
             raise QkvError(f"{out} is not a qkv run directory (no config.json); check the path")
         return RunConfig.from_dict(read_json(out / "config.json")).with_overrides(overrides, sections=("train",))
     cfg = (cfg or recipe(DEFAULT_RECIPE)).with_overrides(overrides)
-    if cfg.family == "seq2seq":
+    if cfg.family in TRANSLATION_FAMILIES:
         return RunConfig(model=cfg.model, train=cfg.train, task=resolve_paths(cfg.task))
     task = cfg.task
     paths = {k: str(Path(v).expanduser().resolve()) for k in ("path", "valid_path") if (v := getattr(task, k))}
@@ -344,7 +344,7 @@ def _train(
     else:
         model = trained
     n_params = count_parameters(core)
-    what = cfg.task.name if cfg.family == "seq2seq" else f"text {Path(cfg.task.path or '').name}"
+    what = cfg.task.name if cfg.family in TRANSLATION_FAMILIES else f"text {Path(cfg.task.path or '').name}"
     say(
         f"qkv: training a {n_params:,}-parameter {cfg.family} model on {what} ({device}"
         f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}), run directory {out}"

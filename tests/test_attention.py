@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qkv.attention import (
+    ATTENTION_VARIANTS,
     KVCache,
     MultiHeadAttention,
+    attend,
     attention_per_query,
     attention_reference,
     causal_mask,
@@ -247,3 +249,29 @@ def test_causal_outputs_ignore_future_tokens(T, t, seed, need):
     a, _ = mha(x, is_causal=True, need_weights=need)
     b, _ = mha(x2, is_causal=True, need_weights=need)
     assert (a[:, : t + 1] - b[:, : t + 1]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_variants_are_one_option_of_multihead_attention(is_causal):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 16)
+    pad = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])[:, None, None, :]
+    mha = MultiHeadAttention(16, 4).eval()
+    outs = {}
+    for variant in ATTENTION_VARIANTS:
+        mha.variant = variant
+        outs[variant] = mha(x, mask=pad, is_causal=is_causal, need_weights=True)
+    # one query at a time computes exactly the scaled form
+    assert torch.allclose(outs["per_query"][0], outs["scaled"][0], atol=1e-5)
+    assert torch.allclose(outs["per_query"][1], outs["scaled"][1], atol=1e-6)
+    # unscaled = scaled with the scores multiplied by sqrt(d_k): sharper rows
+    q, k, _ = F.linear(x, mha.in_proj.weight, mha.in_proj.bias).split(16, dim=-1)
+    q, k = (t.view(2, 6, 4, 4).transpose(1, 2) for t in (q, k))
+    scores = q @ k.transpose(-2, -1)  # (B, H, T, S), unscaled
+    mask = pad & causal_mask(6) if is_causal else pad
+    expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    assert torch.allclose(outs["dot"][1], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown attention variant"):
+        MultiHeadAttention(16, 4, variant="additive")
+    with pytest.raises(ValueError, match="unknown attention variant"):
+        attend(q, k, k, variant="cosine")

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from qkv.attention import ATTENTION_VARIANTS
 from qkv.config import ConfigBase, check
 from qkv.errors import QkvError
 from qkv.layers import (
@@ -44,7 +45,8 @@ class TransformerConfig(ConfigBase):
     ``attention_dropout`` on attention weights (None = ``dropout``; 0 keeps the fused flash kernel on
     CPUs); ``ffn_dropout`` on the feed-forward hidden layer (0 in the paper).
     ``share_embeddings``: "none"; "decoder" ties the target embedding to the output projection;
-    "all" also ties the source embedding (needs one joint vocabulary). Vocabulary sizes of 0 are
+    "all" also ties the source embedding (needs one joint vocabulary). ``attention``: "scaled" (the
+    paper), "dot" (unscaled) or "per_query" (scaled, one query at a time). Vocabulary sizes of 0 are
     filled in from the tokenizers when a run is built.
     """
 
@@ -59,6 +61,7 @@ class TransformerConfig(ConfigBase):
     norm_first: bool = False
     max_len: int = 256
     share_embeddings: str = "decoder"
+    attention: str = "scaled"
     src_vocab_size: int = 0
     tgt_vocab_size: int = 0
     pad_id: int = 0
@@ -87,6 +90,13 @@ class TransformerConfig(ConfigBase):
             "share_embeddings",
             self.share_embeddings,
             f"choose one of {', '.join(SHARE_CHOICES)}",
+        )
+        check(
+            self.attention in ATTENTION_VARIANTS,
+            s,
+            "attention",
+            self.attention,
+            f"choose one of {', '.join(ATTENTION_VARIANTS)}",
         )
         check(self.src_vocab_size >= 0, s, "src_vocab_size", self.src_vocab_size, "must be >= 0")
         check(self.tgt_vocab_size >= 0, s, "tgt_vocab_size", self.tgt_vocab_size, "must be >= 0")
@@ -159,6 +169,7 @@ def _stack(cfg: TransformerConfig, num_layers: int, cross_attention: bool) -> La
             ffn_dropout=cfg.ffn_dropout,
             norm_first=cfg.norm_first,
             cross_attention=cross_attention,
+            attention=cfg.attention,
         )
         for _ in range(num_layers)
     ]

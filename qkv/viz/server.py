@@ -168,6 +168,8 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000) -> None:
     from qkv.api import load
 
     run = load(run_dir)
+    if run.config.family in ("rnn", "cnn"):
+        raise QkvError(f"the explorer shows Transformer attention; {run_dir} is a {run.config.family} baseline run")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"qkv: warning: serving on {host} makes the explorer reachable from other machines")
     print(f"qkv: attention explorer for {run_dir} at http://{host}:{port}/  (Ctrl-C to stop)")

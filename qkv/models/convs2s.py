@@ -1,0 +1,223 @@
+"""The CNN baseline: convolutional sequence to sequence (ConvS2S, Gehring et al., 2017).
+
+Gated linear units over a fixed window of ``kernel`` positions, residual connections scaled by √½,
+learned positions, and multi-step attention: every decoder block attends (plain dot product) from its
+output to the encoder output. It has the same interface as :class:`qkv.models.Transformer`, so the
+trainer, decoding and metrics work on it unchanged.
+
+Shapes: B batch, S source length, T target length, E embedding width (``d_model``), C channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qkv.attention import attend
+from qkv.config import ConfigBase, check
+from qkv.errors import QkvError
+from qkv.layers import Dropout, LayerWeights, LearnedPositionalEmbedding
+from qkv.models.transformer import padding_mask
+
+__all__ = ["ConvBlock", "ConvCache", "ConvS2S", "ConvS2SConfig"]
+
+HALF = math.sqrt(0.5)
+
+
+@dataclass
+class ConvS2SConfig(ConfigBase):
+    """Shape of a ConvS2S model: ``d_model`` embedding width, ``channels`` of every convolution,
+    ``N`` encoder blocks (and decoder blocks unless ``N_dec``), an odd ``kernel`` width.
+    ``share_embeddings`` as in :class:`qkv.models.TransformerConfig`."""
+
+    d_model: int = 256
+    channels: int = 256
+    N: int = 6
+    N_dec: int | None = None
+    kernel: int = 3
+    dropout: float = 0.2
+    max_len: int = 256
+    share_embeddings: str = "decoder"
+    src_vocab_size: int = 0
+    tgt_vocab_size: int = 0
+    pad_id: int = 0
+
+    KIND: ClassVar[str] = "model"
+
+    def __post_init__(self) -> None:
+        s = "model"
+        check(self.d_model > 0, s, "d_model", self.d_model, "must be a positive integer")
+        check(self.channels > 0, s, "channels", self.channels, "must be a positive integer")
+        check(self.N >= 1, s, "N", self.N, "needs at least one block")
+        check(self.N_dec is None or self.N_dec >= 1, s, "N_dec", self.N_dec, "needs at least one block")
+        check(self.kernel >= 3 and self.kernel % 2 == 1, s, "kernel", self.kernel, "must be an odd integer >= 3")
+        check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
+        check(self.max_len > 0, s, "max_len", self.max_len, "must be a positive integer")
+        check(
+            self.share_embeddings in ("none", "decoder", "all"),
+            s,
+            "share_embeddings",
+            self.share_embeddings,
+            "choose one of none, decoder, all",
+        )
+        check(self.src_vocab_size >= 0, s, "src_vocab_size", self.src_vocab_size, "must be >= 0")
+        check(self.tgt_vocab_size >= 0, s, "tgt_vocab_size", self.tgt_vocab_size, "must be >= 0")
+
+    @property
+    def decoder_layers(self) -> int:
+        """Number of decoder blocks."""
+        return self.N if self.N_dec is None else self.N_dec
+
+    @classmethod
+    def presets(cls) -> dict[str, ConvS2SConfig]:
+        """Named presets."""
+        return {"small": ConvS2SConfig(), "tiny": ConvS2SConfig(d_model=128, channels=128, N=3)}
+
+
+class ConvBlock(nn.Module):
+    """GLU(Conv_k(x)) over a window of ``kernel`` positions: centred (encoder) or, with ``causal``,
+    over the current and the kernel-1 previous positions (decoder). The residual is the caller's."""
+
+    def __init__(self, channels: int, kernel: int, dropout: float = 0.0, *, causal: bool = False) -> None:
+        super().__init__()
+        self.kernel, self.causal = kernel, causal
+        self.conv = nn.Conv1d(channels, 2 * channels, kernel)
+        self.dropout = Dropout(dropout)
+        # Gehring et al.'s initialisation keeps the variance of GLU outputs near that of the inputs.
+        nn.init.normal_(self.conv.weight, std=math.sqrt(4 * (1 - dropout) / (kernel * channels)))
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(
+        self, x: Tensor, real: Tensor | None = None, history: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, C) -> (B, T, C). ``real`` (B, T, 1) zeroes padding first (so it never leaks into a
+        window); a causal block reads the previous kernel-1 inputs from ``history`` (B, kernel-1, C;
+        zeros at the start) and returns the new history, else None."""
+        if real is not None:
+            x = x * real
+        h = self.dropout(x)
+        if self.causal:
+            if history is None:
+                history = h.new_zeros(h.size(0), self.kernel - 1, h.size(2))  # (B, k-1, C)
+            h = torch.cat([history, h], dim=1)  # (B, k-1+T, C)
+            new_history = h[:, h.size(1) - (self.kernel - 1) :]
+            y = self.conv(h.transpose(1, 2))  # (B, 2C, T)
+        else:
+            new_history = None
+            y = self.conv(F.pad(h.transpose(1, 2), ((self.kernel - 1) // 2,) * 2))  # (B, 2C, T)
+        return F.glu(y, dim=1).transpose(1, 2), new_history  # (B, T, C)
+
+
+class ConvCache:
+    """Decoder state for incremental decoding: each block's last kernel-1 inputs.
+
+    Lifecycle: ``model.new_cache()`` -> ``model.decode(step_tokens, ..., cache=cache)`` per step ->
+    ``reorder(index)`` when beams are re-ranked -> discard.
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.length = 0
+        self.history: list[Tensor | None] = [None] * num_layers
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index``."""
+        self.history = [None if h is None else h.index_select(0, index) for h in self.history]
+
+
+class ConvS2S(nn.Module):
+    """Convolutional encoder–decoder: embeddings + learned positions, ``N`` GLU blocks per side, multi-step
+    dot-product attention in every decoder block, output projection tied to the target embedding."""
+
+    def __init__(self, cfg: ConvS2SConfig) -> None:
+        super().__init__()
+        if cfg.src_vocab_size <= 0 or cfg.tgt_vocab_size <= 0:
+            raise QkvError("model.src_vocab_size and model.tgt_vocab_size must be set (> 0) to build a model")
+        if cfg.share_embeddings == "all" and cfg.src_vocab_size != cfg.tgt_vocab_size:
+            raise QkvError("model.share_embeddings=all needs one joint vocabulary; use 'decoder'")
+        self.cfg = cfg
+        E, C, k, p = cfg.d_model, cfg.channels, cfg.kernel, cfg.dropout
+        self.src_embed = nn.Embedding(cfg.src_vocab_size, E)
+        self.tgt_embed = self.src_embed if cfg.share_embeddings == "all" else nn.Embedding(cfg.tgt_vocab_size, E)
+        self.src_positions = LearnedPositionalEmbedding(E, cfg.max_len)
+        self.tgt_positions = LearnedPositionalEmbedding(E, cfg.max_len)
+        self.dropout = Dropout(p)
+        self.enc_in, self.enc_out = nn.Linear(E, C), nn.Linear(C, E)
+        self.encoder = nn.ModuleList(ConvBlock(C, k, p) for _ in range(cfg.N))
+        self.dec_in, self.dec_out = nn.Linear(E, C), nn.Linear(C, E)
+        self.decoder = nn.ModuleList(ConvBlock(C, k, p, causal=True) for _ in range(cfg.decoder_layers))
+        self.attn_in = nn.ModuleList(nn.Linear(C, E) for _ in range(cfg.decoder_layers))
+        self.attn_out = nn.ModuleList(nn.Linear(E, C) for _ in range(cfg.decoder_layers))
+        self.generator = nn.Linear(E, cfg.tgt_vocab_size, bias=False)
+        for emb in (self.src_embed, self.tgt_embed, self.src_positions.embedding, self.tgt_positions.embedding):
+            nn.init.normal_(emb.weight, std=0.1)
+        if cfg.share_embeddings != "none":
+            self.generator.weight = self.tgt_embed.weight
+
+    def _check_length(self, tokens: Tensor, offset: int = 0) -> None:
+        if offset + tokens.size(1) > self.cfg.max_len:
+            raise QkvError(
+                f"sequence of {offset + tokens.size(1)} tokens exceeds the model's max_len={self.cfg.max_len}; "
+                "shorten the input"
+            )
+
+    def encode(self, src: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor, list[LayerWeights] | None]:
+        """src (B, S) -> memory (B, S, 2E) = [keys z; values z + e], padding mask (B, 1, 1, S), no weights."""
+        self._check_length(src)
+        real = (src != self.cfg.pad_id)[:, :, None]  # (B, S, 1)
+        e = self.dropout(self.src_positions(self.src_embed(src)))  # (B, S, E)
+        x = self.enc_in(e)  # (B, S, C)
+        for block in self.encoder:
+            y, _ = block(x, real)
+            x = (y + x) * HALF
+        z = self.enc_out(x)  # (B, S, E)
+        return torch.cat([z, z + e], dim=-1), padding_mask(src, self.cfg.pad_id), None  # (B, S, 2E), (B, 1, 1, S)
+
+    def decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        src_mask: Tensor,
+        *,
+        cache: ConvCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[LayerWeights] | None]:
+        """tgt (B, T) -> logits (B, T, V). With a ``cache``, ``tgt`` holds only the new positions and
+        each block's window reaches back into the cached inputs. Weights: each block's attention
+        (B, 1, T, S), as cross-attention."""
+        offset = 0 if cache is None else cache.length
+        self._check_length(tgt, offset)
+        keys, values = memory.chunk(2, dim=-1)  # (B, S, E) each
+        lengths = src_mask.sum(-1, dtype=memory.dtype)[:, :, :, None]  # (B, 1, 1, 1) real source tokens
+        g = self.dropout(self.tgt_positions(self.tgt_embed(tgt), offset))  # (B, T, E)
+        x = self.dec_in(g)  # (B, T, C)
+        weights = [] if need_weights else None
+        for i, block in enumerate(self.decoder):
+            history = None if cache is None else cache.history[i]
+            h, new_history = block(x, history=history)  # (B, T, C)
+            if cache is not None:
+                cache.history[i] = new_history
+            d = ((self.attn_in[i](h) + g) * HALF)[:, None]  # (B, 1, T, E)
+            c, w = attend(d, keys[:, None], values[:, None], src_mask, variant="dot", need_weights=need_weights)
+            c = c * lengths.sqrt()  # (B, 1, T, E), scaled by √S as in the paper (S real source tokens)
+            h = (h + self.attn_out[i](c[:, 0])) * HALF
+            x = (h + x) * HALF
+            if weights is not None:
+                weights.append(LayerWeights(None, w))
+        if cache is not None:
+            cache.length = offset + tgt.size(1)
+        return self.generator(self.dropout(self.dec_out(x))), weights  # (B, T, V)
+
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for source (B, S) and shifted target input (B, T)."""
+        memory, src_mask, _ = self.encode(src)
+        logits, _ = self.decode(tgt, memory, src_mask)
+        return logits
+
+    def new_cache(self, capacity: int = 64) -> ConvCache:
+        """An empty decoder cache (``capacity`` is unused: each block keeps kernel-1 positions)."""
+        return ConvCache(len(self.decoder))

@@ -1,0 +1,184 @@
+"""The RNN baseline: a GRU encoder–decoder with additive attention (Bahdanau et al., 2015).
+
+It has the same interface as :class:`qkv.models.Transformer` (``encode``, ``decode`` with a cache,
+``new_cache``, ``forward``), so the trainer, decoding, metrics and ``qkv translate/evaluate`` work on it
+unchanged. The decoder is sequential by nature: step t needs the state of step t-1.
+
+Shapes: B batch, S source length, T target length, E embedding width (``d_model``), Hd hidden width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from qkv.attention import additive_attention
+from qkv.config import ConfigBase, check
+from qkv.errors import QkvError
+from qkv.layers import Dropout, LayerWeights
+from qkv.models.transformer import padding_mask
+
+__all__ = ["RNNCache", "RNNConfig", "RNNSeq2Seq"]
+
+
+@dataclass
+class RNNConfig(ConfigBase):
+    """Shape of the GRU encoder–decoder: ``d_model`` embedding width, ``hidden`` the decoder state
+    (the bidirectional encoder has ``hidden // 2`` units per direction), ``N`` encoder layers.
+    ``share_embeddings`` as in :class:`qkv.models.TransformerConfig`."""
+
+    d_model: int = 256
+    hidden: int = 512
+    N: int = 1
+    dropout: float = 0.3
+    max_len: int = 256
+    share_embeddings: str = "decoder"
+    src_vocab_size: int = 0
+    tgt_vocab_size: int = 0
+    pad_id: int = 0
+
+    KIND: ClassVar[str] = "model"
+
+    def __post_init__(self) -> None:
+        s = "model"
+        check(self.d_model > 0, s, "d_model", self.d_model, "must be a positive integer")
+        check(self.hidden > 0 and self.hidden % 2 == 0, s, "hidden", self.hidden, "must be a positive even integer")
+        check(self.N >= 1, s, "N", self.N, "needs at least one layer")
+        check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
+        check(self.max_len > 0, s, "max_len", self.max_len, "must be a positive integer")
+        check(
+            self.share_embeddings in ("none", "decoder", "all"),
+            s,
+            "share_embeddings",
+            self.share_embeddings,
+            "choose one of none, decoder, all",
+        )
+        check(self.src_vocab_size >= 0, s, "src_vocab_size", self.src_vocab_size, "must be >= 0")
+        check(self.tgt_vocab_size >= 0, s, "tgt_vocab_size", self.tgt_vocab_size, "must be >= 0")
+
+    @classmethod
+    def presets(cls) -> dict[str, RNNConfig]:
+        """Named presets."""
+        return {"small": RNNConfig(), "tiny": RNNConfig(d_model=128, hidden=256)}
+
+
+class RNNCache:
+    """Decoder state for incremental decoding.
+
+    Lifecycle: ``model.new_cache()`` -> ``model.decode(step_tokens, ..., cache=cache)`` per step (the
+    projected keys of the memory and the first state are computed at the first step and kept; the GRU
+    state is replaced each step) -> ``reorder(index)`` when beams are re-ranked -> discard.
+    """
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.state: Tensor | None = None  # (B, Hd)
+        self.keys: Tensor | None = None  # (B, S, Hd)
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index``."""
+        if self.state is not None and self.keys is not None:
+            self.state, self.keys = self.state.index_select(0, index), self.keys.index_select(0, index)
+
+
+class RNNSeq2Seq(nn.Module):
+    """Bidirectional GRU encoder; GRU decoder that attends (additively) to the encoder states before
+    each step: a_t = softmax(vᵀ tanh(W s_{t-1} + U h_j)), c_t = Σ a_tj h_j, s_t = GRU([y_{t-1}; c_t], s_{t-1}),
+    logits = W_g · W_o [s_t; c_t; y_{t-1}] (W_g tied to the target embedding)."""
+
+    def __init__(self, cfg: RNNConfig) -> None:
+        super().__init__()
+        if cfg.src_vocab_size <= 0 or cfg.tgt_vocab_size <= 0:
+            raise QkvError("model.src_vocab_size and model.tgt_vocab_size must be set (> 0) to build a model")
+        if cfg.share_embeddings == "all" and cfg.src_vocab_size != cfg.tgt_vocab_size:
+            raise QkvError("model.share_embeddings=all needs one joint vocabulary; use 'decoder'")
+        self.cfg = cfg
+        E, Hd = cfg.d_model, cfg.hidden
+        self.src_embed = nn.Embedding(cfg.src_vocab_size, E)
+        self.tgt_embed = self.src_embed if cfg.share_embeddings == "all" else nn.Embedding(cfg.tgt_vocab_size, E)
+        self.dropout = Dropout(cfg.dropout)
+        self.encoder = nn.GRU(E, Hd // 2, num_layers=cfg.N, batch_first=True, bidirectional=True)
+        self.init_state = nn.Linear(Hd, Hd)
+        self.query_proj = nn.Linear(Hd, Hd, bias=False)  # W
+        self.key_proj = nn.Linear(Hd, Hd)  # U
+        self.score = nn.Parameter(torch.empty(Hd))  # v
+        self.cell = nn.GRUCell(E + Hd, Hd)
+        self.pre_output = nn.Linear(Hd + Hd + E, E)
+        self.generator = nn.Linear(E, cfg.tgt_vocab_size, bias=False)
+        nn.init.normal_(self.score, std=Hd**-0.5)
+        for emb in (self.src_embed, self.tgt_embed):
+            nn.init.normal_(emb.weight, std=E**-0.5)
+        if cfg.share_embeddings != "none":
+            self.generator.weight = self.tgt_embed.weight
+
+    def _check_length(self, tokens: Tensor, offset: int = 0) -> None:
+        if offset + tokens.size(1) > self.cfg.max_len:
+            raise QkvError(
+                f"sequence of {offset + tokens.size(1)} tokens exceeds the model's max_len={self.cfg.max_len}; "
+                "shorten the input"
+            )
+
+    def encode(self, src: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor, list[LayerWeights] | None]:
+        """src (B, S) -> memory (B, S, Hd), its padding mask (B, 1, 1, S), no encoder weights."""
+        self._check_length(src)
+        src_mask = padding_mask(src, self.cfg.pad_id)  # (B, 1, 1, S)
+        lengths = src_mask.sum(-1).flatten().clamp(min=1).cpu()  # (B,)
+        x = self.dropout(self.src_embed(src))  # (B, S, E)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.encoder(packed)
+        memory, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))  # (B, S, Hd)
+        return memory, src_mask, None
+
+    def _first_state(self, memory: Tensor, src_mask: Tensor) -> Tensor:
+        """s_0 = tanh(W_s · mean of the encoder states over real positions), (B, Hd)."""
+        real = src_mask[:, 0, 0, :, None].to(memory.dtype)  # (B, S, 1)
+        mean = (memory * real).sum(1) / real.sum(1).clamp(min=1.0)  # (B, Hd)
+        return torch.tanh(self.init_state(mean))
+
+    def decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        src_mask: Tensor,
+        *,
+        cache: RNNCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[LayerWeights] | None]:
+        """tgt (B, T) -> logits (B, T, V), one GRU step per position. With a ``cache``, ``tgt`` holds only
+        the new positions and the state continues from the cache. Weights: the additive attention of
+        each step, as one layer's cross-attention (B, 1, T, S)."""
+        offset = 0 if cache is None else cache.length
+        self._check_length(tgt, offset)
+        if cache is not None and cache.state is not None and cache.keys is not None:
+            state, keys = cache.state, cache.keys
+        else:
+            state, keys = self._first_state(memory, src_mask), self.key_proj(memory)  # (B, Hd), (B, S, Hd)
+        mask = src_mask[:, 0]  # (B, 1, S)
+        emb = self.dropout(self.tgt_embed(tgt))  # (B, T, E)
+        outputs, rows = [], []
+        for t in range(tgt.size(1)):
+            q = self.query_proj(state)[:, None]  # (B, 1, Hd)
+            context, w = additive_attention(q, keys, memory, self.score, mask)  # (B, 1, Hd), (B, 1, S)
+            context = context[:, 0]  # (B, Hd)
+            state = self.cell(torch.cat([emb[:, t], context], dim=-1), state)  # (B, Hd)
+            outputs.append(torch.cat([state, context, emb[:, t]], dim=-1))  # (B, 2Hd + E)
+            rows.append(w)
+        if cache is not None:
+            cache.state, cache.keys, cache.length = state, keys, offset + tgt.size(1)
+        hidden = self.pre_output(self.dropout(torch.stack(outputs, dim=1)))  # (B, T, E)
+        weights = [LayerWeights(None, torch.cat(rows, dim=1)[:, None])] if need_weights else None  # (B, 1, T, S)
+        return self.generator(hidden), weights  # (B, T, V)
+
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T, V) for source (B, S) and shifted target input (B, T)."""
+        memory, src_mask, _ = self.encode(src)
+        logits, _ = self.decode(tgt, memory, src_mask)
+        return logits
+
+    def new_cache(self, capacity: int = 64) -> RNNCache:
+        """An empty decoder state (``capacity`` is unused: the state has a fixed size)."""
+        return RNNCache()

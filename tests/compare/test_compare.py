@@ -1,0 +1,95 @@
+"""`qkv compare`: the smoke-sized run end to end through the CLI, and the measured properties that
+must come out exactly (path lengths, query-batch agreement, softmax saturation)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qkv.cli import main
+from qkv.compare import EXPERIMENTS, SIZES, run_comparison
+from qkv.compare.experiments import path_length, query_batch, scaling
+from qkv.compare.sizes import with_changes
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "smoke"
+    assert main(["compare", "--sizes", "smoke", "--out", str(out)]) == 0
+    return out
+
+
+def test_smoke_run_writes_report_plots_and_results(smoke):
+    results = json.loads((smoke / "results.json").read_text())
+    assert set(EXPERIMENTS) <= set(results)
+    pngs = sorted(p.name for p in smoke.glob("*.png"))
+    assert len(pngs) == 8
+    for png in pngs:
+        assert (smoke / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (smoke / "report.md").read_text()
+    for heading in (
+        "a. Parallelism",
+        "b. Path length",
+        "c. Long-range",
+        "d. Why divide",
+        "e. Query batch",
+        "f. Multi-head",
+        "g. Translation",
+    ):
+        assert heading in report
+    for png in pngs:
+        assert f"({png})" in report  # every plot is shown
+    runs = results["translation"]["runs"]
+    assert {r["summary"]["parameters"] > 0 for r in runs.values()} == {True}
+    assert set(runs) == {"seq2seq", "rnn", "cnn"}
+    # the per-family runs are ordinary run directories
+    assert main(["info", str(smoke / "runs" / "translation-rnn")]) == 0
+
+
+def test_path_lengths_are_measured_exactly():
+    cfg = with_changes(SIZES["smoke"], path_lengths=(5, 9), kernels=(3, 5))
+    rows = path_length(cfg)["rows"]
+    assert len(rows) == 8
+    for row in rows:
+        assert row["layers"] == row["expected"], row
+    by = {(r["family"], r["n"], r["kernel"]): r["layers"] for r in rows}
+    assert by[("cnn", 9, 3)] == 8 and by[("cnn", 9, 5)] == 4 and by[("transformer", 9, None)] == 1
+
+
+def test_query_batch_and_loop_agree():
+    r = query_batch(with_changes(SIZES["smoke"], lengths=(4, 16)))
+    assert r["max_abs_diff"] < 1e-5
+    assert len(r["ratio"]) == 2
+
+
+def test_unscaled_softmax_saturates_as_d_k_grows(tmp_path):
+    cfg = with_changes(SIZES["smoke"], d_ks=(16, 1024), init_rows=256, init_keys=32)
+    r = scaling(cfg, tmp_path, log=lambda _m: None)["at_init"]
+    # scaled: entropy roughly constant in d_k; unscaled: collapses, rows saturate, gradient vanishes
+    assert abs(r["scaled"]["entropy"][0] - r["scaled"]["entropy"][1]) < 0.1
+    assert r["dot"]["entropy"][1] < 0.5 * r["scaled"]["entropy"][1]
+    assert r["dot"]["saturated"][1] > 0.5 > r["scaled"]["saturated"][1]
+    assert r["dot"]["grad_norm"][1] < 0.5 * r["scaled"]["grad_norm"][1]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--only", "nonsense"], "unknown experiment"),
+        (["--multi30k", "/nonexistent"], "lacks train.de"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(tmp_path, capsys, args, needle):
+    assert main(["compare", "--sizes", "smoke", "--out", str(tmp_path / "x"), *args]) != 0
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_existing_comparison_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "c"
+    run_comparison(out, "smoke", only=("query_batch",), log=lambda _m: None)
+    before = (out / "results.json").read_bytes()
+    assert main(["compare", "--sizes", "smoke", "--only", "query_batch", "--out", str(out)]) != 0
+    assert "already holds a comparison" in capsys.readouterr().err
+    assert (out / "results.json").read_bytes() == before
