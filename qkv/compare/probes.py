@@ -86,6 +86,7 @@ class ProbeModel(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d)
+        nn.init.normal_(self.embed.weight, std=d**-0.5)  # × √d below: unit scale, like the positions
         self.positions = SinusoidalPositionalEncoding(d, max_len)
         self.layers = nn.ModuleList(probe_layer(family, d, heads=heads, kernel=kernel) for _ in range(layers))
         self.norm = nn.LayerNorm(d)

@@ -24,11 +24,11 @@ class CompareConfig:
     kernels: tuple[int, ...] = (3, 5, 7)
     path_d: int = 8
     # c. long-range dependency
-    distances: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    distances: tuple[int, ...] = (2, 8, 32, 64)
     long_vocab: int = 16
     long_d: int = 64
     long_layers: dict[str, int] = field(default_factory=lambda: {"transformer": 2, "rnn": 4, "cnn": 4})
-    long_steps: int = 800
+    long_steps: int = 600
     train_batch: int = 64
     test_examples: int = 2000
     lr: float = 2e-3
@@ -48,7 +48,7 @@ class CompareConfig:
     heads_steps: int = 1500
     heads_seeds: int = 3
     # g. translation: Multi30k when its directory is given, else a built-in task
-    translation_steps: int = 600
+    translation_steps: int = 400
     fallback_task: str = "dates"
     fallback_steps: int = 600
     run_overrides: tuple[str, ...] = ()  # applied to every training run (d and g)
@@ -69,7 +69,7 @@ SIZES: dict[str, CompareConfig] = {
         curve_steps=200,
         curve_points=5,
         heads=(1, 4),
-        heads_steps=500,
+        heads_steps=1200,
         heads_seeds=1,
         translation_steps=40,
         fallback_steps=150,
