@@ -68,8 +68,15 @@ def write_plots(results: dict[str, Any], out: Path) -> dict[str, str]:
             name = LABELS[row["family"]] + (f", kernel {row['kernel']}" if row["kernel"] else "")
             if row["layers"] is not None:
                 series.setdefault(name, []).append((row["n"], row["layers"]))
+            if row["family"] == "rnn":
+                series.setdefault("RNN (GRU): time steps along that path", []).append(
+                    (row["n"], row["sequential_steps_on_path"])
+                )
+        styles = {LABELS["transformer"]: {"linestyle": "--", "marker": "s", "markersize": 9}}
         for name, pts in series.items():
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+            style = styles.get(name, {"linestyle": ":" if "time steps" in name else "-", "marker": "o"})
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **style)
+        ax.set_ylabel("layers (measured); GRU time steps")
         ax.legend(fontsize=8)
         files["path_length"] = _save(fig, out / "b_path_length.png")
     if "long_range" in results:
