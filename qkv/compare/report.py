@@ -150,13 +150,22 @@ def write_plots(results: dict[str, Any], out: Path) -> dict[str, str]:
         files["heads"] = _save(fig, out / "f_heads.png")
     if "translation" in results:
         r = results["translation"]
-        fig, ax = _figure(
-            f"g. {r['task']}: validation loss, same steps and batches", "training minutes", "validation loss"
-        )
-        for family, run in r["runs"].items():
-            curve = run["curve"]
-            ax.plot([s / 60 for s in curve["elapsed_s"]], curve["valid_loss"], marker="o", label=RUN_LABELS[family])
-        ax.legend()
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+        names = [RUN_LABELS[f] for f in r["runs"]]
+        summaries = [run["summary"] for run in r["runs"].values()]
+        split = summaries[0].get("eval_split", "test")
+        bleu = f"{split}_bleu" in summaries[0]
+        scores = [s[f"{split}_bleu"] if bleu else 100 * s["exact_match"] for s in summaries]
+        axes[0].bar(names, scores, color=["C0", "C1", "C2"])
+        axes[0].set_ylabel(f"{split} BLEU (greedy)" if bleu else f"{split} exact match (%)")
+        axes[1].bar(names, [s["train_minutes"] for s in summaries], color=["C0", "C1", "C2"])
+        axes[1].set_ylabel("training time (minutes)")
+        for ax in axes:
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.tick_params(axis="x", labelsize=8)
+        fig.suptitle(f"g. {r['task']}: {r['steps']} steps each, same batches")
         files["translation"] = _save(fig, out / "g_translation.png")
     return files
 
