@@ -20,9 +20,8 @@ from torch import Tensor, nn
 
 from qkv.attention import attend
 from qkv.config import ConfigBase, check
-from qkv.errors import QkvError
 from qkv.layers import Dropout, LayerWeights, LearnedPositionalEmbedding
-from qkv.models.transformer import padding_mask
+from qkv.models.transformer import check_length, check_translation_fields, padding_mask, translation_embeddings
 
 __all__ = ["ConvBlock", "ConvCache", "ConvS2S", "ConvS2SConfig"]
 
@@ -57,16 +56,7 @@ class ConvS2SConfig(ConfigBase):
         check(self.N_dec is None or self.N_dec >= 1, s, "N_dec", self.N_dec, "needs at least one block")
         check(self.kernel >= 3 and self.kernel % 2 == 1, s, "kernel", self.kernel, "must be an odd integer >= 3")
         check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
-        check(self.max_len > 0, s, "max_len", self.max_len, "must be a positive integer")
-        check(
-            self.share_embeddings in ("none", "decoder", "all"),
-            s,
-            "share_embeddings",
-            self.share_embeddings,
-            "choose one of none, decoder, all",
-        )
-        check(self.src_vocab_size >= 0, s, "src_vocab_size", self.src_vocab_size, "must be >= 0")
-        check(self.tgt_vocab_size >= 0, s, "tgt_vocab_size", self.tgt_vocab_size, "must be >= 0")
+        check_translation_fields(self)
 
     @property
     def decoder_layers(self) -> int:
@@ -135,14 +125,9 @@ class ConvS2S(nn.Module):
 
     def __init__(self, cfg: ConvS2SConfig) -> None:
         super().__init__()
-        if cfg.src_vocab_size <= 0 or cfg.tgt_vocab_size <= 0:
-            raise QkvError("model.src_vocab_size and model.tgt_vocab_size must be set (> 0) to build a model")
-        if cfg.share_embeddings == "all" and cfg.src_vocab_size != cfg.tgt_vocab_size:
-            raise QkvError("model.share_embeddings=all needs one joint vocabulary; use 'decoder'")
         self.cfg = cfg
         E, C, k, p = cfg.d_model, cfg.channels, cfg.kernel, cfg.dropout
-        self.src_embed = nn.Embedding(cfg.src_vocab_size, E)
-        self.tgt_embed = self.src_embed if cfg.share_embeddings == "all" else nn.Embedding(cfg.tgt_vocab_size, E)
+        self.src_embed, self.tgt_embed = translation_embeddings(cfg, E)
         self.src_positions = LearnedPositionalEmbedding(E, cfg.max_len)
         self.tgt_positions = LearnedPositionalEmbedding(E, cfg.max_len)
         self.dropout = Dropout(p)
@@ -158,16 +143,9 @@ class ConvS2S(nn.Module):
         if cfg.share_embeddings != "none":
             self.generator.weight = self.tgt_embed.weight
 
-    def _check_length(self, tokens: Tensor, offset: int = 0) -> None:
-        if offset + tokens.size(1) > self.cfg.max_len:
-            raise QkvError(
-                f"sequence of {offset + tokens.size(1)} tokens exceeds the model's max_len={self.cfg.max_len}; "
-                "shorten the input"
-            )
-
     def encode(self, src: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor, list[LayerWeights] | None]:
         """src (B, S) -> memory (B, S, 2E) = [keys z; values z + e], padding mask (B, 1, 1, S), no weights."""
-        self._check_length(src)
+        check_length(src, self.cfg.max_len)
         real = (src != self.cfg.pad_id)[:, :, None]  # (B, S, 1)
         e = self.dropout(self.src_positions(self.src_embed(src)))  # (B, S, E)
         x = self.enc_in(e)  # (B, S, C)
@@ -190,7 +168,7 @@ class ConvS2S(nn.Module):
         each block's window reaches back into the cached inputs. Weights: each block's attention
         (B, 1, T, S), as cross-attention."""
         offset = 0 if cache is None else cache.length
-        self._check_length(tgt, offset)
+        check_length(tgt, self.cfg.max_len, offset)
         keys, values = memory.chunk(2, dim=-1)  # (B, S, E) each
         lengths = src_mask.sum(-1, dtype=memory.dtype)[:, :, :, None]  # (B, 1, 1, 1) real source tokens
         g = self.dropout(self.tgt_positions(self.tgt_embed(tgt), offset))  # (B, T, E)

@@ -18,9 +18,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from qkv.attention import additive_attention
 from qkv.config import ConfigBase, check
-from qkv.errors import QkvError
 from qkv.layers import Dropout, LayerWeights
-from qkv.models.transformer import padding_mask
+from qkv.models.transformer import check_length, check_translation_fields, padding_mask, translation_embeddings
 
 __all__ = ["RNNCache", "RNNConfig", "RNNSeq2Seq"]
 
@@ -49,16 +48,7 @@ class RNNConfig(ConfigBase):
         check(self.hidden > 0 and self.hidden % 2 == 0, s, "hidden", self.hidden, "must be a positive even integer")
         check(self.N >= 1, s, "N", self.N, "needs at least one layer")
         check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
-        check(self.max_len > 0, s, "max_len", self.max_len, "must be a positive integer")
-        check(
-            self.share_embeddings in ("none", "decoder", "all"),
-            s,
-            "share_embeddings",
-            self.share_embeddings,
-            "choose one of none, decoder, all",
-        )
-        check(self.src_vocab_size >= 0, s, "src_vocab_size", self.src_vocab_size, "must be >= 0")
-        check(self.tgt_vocab_size >= 0, s, "tgt_vocab_size", self.tgt_vocab_size, "must be >= 0")
+        check_translation_fields(self)
 
     @classmethod
     def presets(cls) -> dict[str, RNNConfig]:
@@ -92,14 +82,9 @@ class RNNSeq2Seq(nn.Module):
 
     def __init__(self, cfg: RNNConfig) -> None:
         super().__init__()
-        if cfg.src_vocab_size <= 0 or cfg.tgt_vocab_size <= 0:
-            raise QkvError("model.src_vocab_size and model.tgt_vocab_size must be set (> 0) to build a model")
-        if cfg.share_embeddings == "all" and cfg.src_vocab_size != cfg.tgt_vocab_size:
-            raise QkvError("model.share_embeddings=all needs one joint vocabulary; use 'decoder'")
         self.cfg = cfg
         E, Hd = cfg.d_model, cfg.hidden
-        self.src_embed = nn.Embedding(cfg.src_vocab_size, E)
-        self.tgt_embed = self.src_embed if cfg.share_embeddings == "all" else nn.Embedding(cfg.tgt_vocab_size, E)
+        self.src_embed, self.tgt_embed = translation_embeddings(cfg, E)
         self.dropout = Dropout(cfg.dropout)
         self.encoder = nn.GRU(E, Hd // 2, num_layers=cfg.N, batch_first=True, bidirectional=True)
         self.init_state = nn.Linear(Hd, Hd)
@@ -115,16 +100,9 @@ class RNNSeq2Seq(nn.Module):
         if cfg.share_embeddings != "none":
             self.generator.weight = self.tgt_embed.weight
 
-    def _check_length(self, tokens: Tensor, offset: int = 0) -> None:
-        if offset + tokens.size(1) > self.cfg.max_len:
-            raise QkvError(
-                f"sequence of {offset + tokens.size(1)} tokens exceeds the model's max_len={self.cfg.max_len}; "
-                "shorten the input"
-            )
-
     def encode(self, src: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor, list[LayerWeights] | None]:
         """src (B, S) -> memory (B, S, Hd), its padding mask (B, 1, 1, S), no encoder weights."""
-        self._check_length(src)
+        check_length(src, self.cfg.max_len)
         src_mask = padding_mask(src, self.cfg.pad_id)  # (B, 1, 1, S)
         lengths = src_mask.sum(-1).flatten().clamp(min=1).cpu()  # (B,)
         x = self.dropout(self.src_embed(src))  # (B, S, E)
@@ -152,7 +130,7 @@ class RNNSeq2Seq(nn.Module):
         the new positions and the state continues from the cache. Weights: the additive attention of
         each step, as one layer's cross-attention (B, 1, T, S)."""
         offset = 0 if cache is None else cache.length
-        self._check_length(tgt, offset)
+        check_length(tgt, self.cfg.max_len, offset)
         if cache is not None and cache.state is not None and cache.keys is not None:
             state, keys = cache.state, cache.keys
         else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -34,6 +34,46 @@ __all__ = [
 ]
 
 SHARE_CHOICES = ("none", "decoder", "all")
+
+
+def check_translation_fields(cfg: Any, s: str = "model") -> None:
+    """Check the fields every encoder–decoder config shares (Transformer, RNN, ConvS2S): ``max_len``,
+    ``share_embeddings`` and the vocabulary sizes."""
+    check(cfg.max_len > 0, s, "max_len", cfg.max_len, "must be a positive integer")
+    check(
+        cfg.share_embeddings in SHARE_CHOICES,
+        s,
+        "share_embeddings",
+        cfg.share_embeddings,
+        f"choose one of {', '.join(SHARE_CHOICES)}",
+    )
+    check(cfg.src_vocab_size >= 0, s, "src_vocab_size", cfg.src_vocab_size, "must be >= 0")
+    check(cfg.tgt_vocab_size >= 0, s, "tgt_vocab_size", cfg.tgt_vocab_size, "must be >= 0")
+    if cfg.share_embeddings == "all" and cfg.src_vocab_size and cfg.tgt_vocab_size:
+        check(
+            cfg.src_vocab_size == cfg.tgt_vocab_size,
+            s,
+            "share_embeddings",
+            "all",
+            "needs one joint vocabulary (src_vocab_size == tgt_vocab_size); use 'decoder'",
+        )
+
+
+def translation_embeddings(cfg: Any, width: int) -> tuple[nn.Embedding, nn.Embedding]:
+    """Source and target embedding tables of an encoder–decoder model (one table for
+    ``share_embeddings="all"``); the vocabulary sizes must have been filled in."""
+    if cfg.src_vocab_size <= 0 or cfg.tgt_vocab_size <= 0:
+        raise QkvError("model.src_vocab_size and model.tgt_vocab_size must be set (> 0) to build a model")
+    src = nn.Embedding(cfg.src_vocab_size, width)
+    return src, src if cfg.share_embeddings == "all" else nn.Embedding(cfg.tgt_vocab_size, width)
+
+
+def check_length(tokens: Tensor, max_len: int, offset: int = 0) -> None:
+    """A one-line error when positions ``offset`` .. ``offset + T - 1`` of tokens (B, T) exceed ``max_len``."""
+    if offset + tokens.size(1) > max_len:
+        raise QkvError(
+            f"sequence of {offset + tokens.size(1)} tokens exceeds the model's max_len={max_len}; shorten the input"
+        )
 
 
 @dataclass
@@ -83,14 +123,7 @@ class TransformerConfig(ConfigBase):
             "must be in [0, 1) or None (same as dropout)",
         )
         check(0.0 <= self.ffn_dropout < 1.0, s, "ffn_dropout", self.ffn_dropout, "must be in [0, 1)")
-        check(self.max_len > 0, s, "max_len", self.max_len, "must be a positive integer")
-        check(
-            self.share_embeddings in SHARE_CHOICES,
-            s,
-            "share_embeddings",
-            self.share_embeddings,
-            f"choose one of {', '.join(SHARE_CHOICES)}",
-        )
+        check_translation_fields(self)
         check(
             self.attention in ATTENTION_VARIANTS,
             s,
@@ -98,16 +131,6 @@ class TransformerConfig(ConfigBase):
             self.attention,
             f"choose one of {', '.join(ATTENTION_VARIANTS)}",
         )
-        check(self.src_vocab_size >= 0, s, "src_vocab_size", self.src_vocab_size, "must be >= 0")
-        check(self.tgt_vocab_size >= 0, s, "tgt_vocab_size", self.tgt_vocab_size, "must be >= 0")
-        if self.share_embeddings == "all" and self.src_vocab_size and self.tgt_vocab_size:
-            check(
-                self.src_vocab_size == self.tgt_vocab_size,
-                s,
-                "share_embeddings",
-                "all",
-                "needs one joint vocabulary (src_vocab_size == tgt_vocab_size); use 'decoder'",
-            )
 
     @property
     def decoder_layers(self) -> int:
@@ -183,12 +206,9 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
-        if cfg.src_vocab_size <= 0 or cfg.tgt_vocab_size <= 0:
-            raise QkvError("model.src_vocab_size and model.tgt_vocab_size must be set (> 0) to build a model")
         self.cfg = cfg
         d = cfg.d_model
-        self.src_embed = nn.Embedding(cfg.src_vocab_size, d)
-        self.tgt_embed = self.src_embed if cfg.share_embeddings == "all" else nn.Embedding(cfg.tgt_vocab_size, d)
+        self.src_embed, self.tgt_embed = translation_embeddings(cfg, d)
         self.positions = SinusoidalPositionalEncoding(d, cfg.max_len)
         self.dropout = Dropout(cfg.dropout)
         self.encoder = _stack(cfg, cfg.N, cross_attention=False)
@@ -211,16 +231,9 @@ class Transformer(nn.Module):
         x = table(tokens) * math.sqrt(self.cfg.d_model)  # (B, L) -> (B, L, d_model)
         return self.dropout(self.positions(x, offset))
 
-    def _check_length(self, tokens: Tensor, offset: int = 0) -> None:
-        if offset + tokens.size(1) > self.cfg.max_len:
-            raise QkvError(
-                f"sequence of {offset + tokens.size(1)} tokens exceeds the model's max_len={self.cfg.max_len}; "
-                "shorten the input"
-            )
-
     def encode(self, src: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor, list[LayerWeights] | None]:
         """src (B, S) -> memory (B, S, d_model), its padding mask (B, 1, 1, S), encoder weights if asked."""
-        self._check_length(src)
+        check_length(src, self.cfg.max_len)
         src_mask = padding_mask(src, self.cfg.pad_id)  # (B, 1, 1, S)
         memory, weights = self.encoder(self._embed(src, self.src_embed), src_mask, need_weights=need_weights)
         return memory, src_mask, weights
@@ -240,7 +253,7 @@ class Transformer(nn.Module):
         hides from them.
         """
         offset = 0 if cache is None else cache.length
-        self._check_length(tgt, offset)
+        check_length(tgt, self.cfg.max_len, offset)
         x = self._embed(tgt, self.tgt_embed, offset)  # (B, T, d_model)
         x, weights = self.decoder(
             x,
