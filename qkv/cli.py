@@ -363,7 +363,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
 
 def _need(run: Any, families: tuple[str, ...], verb: str) -> None:
     if run.config.family not in families:
-        wanted = " or ".join(families)
+        wanted = families[0] if len(families) == 1 else f"translation ({', '.join(families)})"
         raise QkvError(f"`qkv {verb}` needs a {wanted} run; {run.path} is a {run.config.family} run")
 
 

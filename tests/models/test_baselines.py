@@ -90,8 +90,9 @@ def test_decoder_is_causal(family):
 def test_weights_are_attention_distributions(family):
     model = make(family)
     src, tgt = batch()
-    memory, mask, _ = model.encode(src)
-    _, weights = model.decode(tgt, memory, mask, need_weights=True)
+    with torch.no_grad():
+        memory, mask, _ = model.encode(src)
+        _, weights = model.decode(tgt, memory, mask, need_weights=True)
     for w in weights:
         assert w.self_attn is None and w.cross.shape == (4, 1, 7, 9)
         assert torch.allclose(w.cross.sum(-1), torch.ones(4, 1, 7), atol=1e-5)
