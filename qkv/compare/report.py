@@ -121,8 +121,9 @@ def write_plots(results: dict[str, Any], out: Path) -> dict[str, str]:
             "training step",
             "validation loss (nats/token)",
         )
+        names = {"scaled": "scaled: QKᵀ/√d_k", "dot": "unscaled: QKᵀ"}
         for variant, run in r["curves"].items():
-            ax.plot(run["curve"]["step"], run["curve"]["valid_loss"], marker="o", label=variant)
+            ax.plot(run["curve"]["step"], run["curve"]["valid_loss"], marker="o", label=names[variant])
         ax.legend()
         files["scaling_curves"] = _save(fig, out / "d_scaling_training.png")
     if "query_batch" in results:
