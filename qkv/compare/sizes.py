@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-__all__ = ["SIZES", "CompareConfig"]
+__all__ = ["SIZES", "CompareConfig", "with_changes"]
 
 
 @dataclass(frozen=True)

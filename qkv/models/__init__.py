@@ -1,4 +1,4 @@
-"""Model builders: the encoder–decoder Transformer (and, later, GPT, BERT and baselines)."""
+"""Model builders: the encoder–decoder Transformer (here), GPT, BERT, and the RNN and ConvS2S baselines (submodules)."""
 
 from qkv.models.transformer import (
     TRANSFORMER_PRESETS,
