@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.linear import Linear
+
 __all__ = [
     "ATTENTION_VARIANTS",
     "KVCache",
@@ -292,8 +294,8 @@ class MultiHeadAttention(nn.Module):
         self.d_model, self.h, self.d_k = d_model, num_heads, d_model // num_heads
         self.dropout = dropout
         self.variant = variant
-        self.in_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V]
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W^O
+        self.in_proj = Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V]
+        self.out_proj = Linear(d_model, d_model, bias=bias)  # W^O
 
     def _split_heads(self, x: Tensor) -> Tensor:
         B, L, _ = x.shape
@@ -303,7 +305,7 @@ class MultiHeadAttention(nn.Module):
         d = self.d_model
         W, b = self.in_proj.weight, self.in_proj.bias
         if memory is None:  # self-attention: one fused matmul
-            q, k, v = F.linear(query, W, b).split(d, dim=-1)  # 3 x (B, T, d_model)
+            q, k, v = self.in_proj(query).split(d, dim=-1)  # 3 x (B, T, d_model)
             k, v = self._split_heads(k), self._split_heads(v)
             if cache is not None:
                 k, v = cache.append(k, v)  # (B, H, S, D) with S = cached + T

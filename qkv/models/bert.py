@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from qkv.config import ConfigBase, check
 from qkv.errors import QkvError
 from qkv.layers import ACTIVATIONS, Dropout, LayerStack, LayerWeights, LearnedPositionalEmbedding, TransformerLayer
+from qkv.linear import Linear
 
 __all__ = ["BERT", "BERTConfig", "BERT_PRESETS", "mean_pool"]
 
@@ -100,10 +101,10 @@ class BERT(nn.Module):
             for _ in range(cfg.N)
         ]
         self.encoder = LayerStack(layers, None)
-        self.mlm_dense = nn.Linear(d, d)
+        self.mlm_dense = Linear(d, d)
         self.mlm_norm = nn.LayerNorm(d, eps=cfg.eps)
         self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
-        self.pooler = nn.Linear(d, d) if cfg.pooler else None
+        self.pooler = Linear(d, d) if cfg.pooler else None
         self._init_weights()
 
     def _init_weights(self) -> None:

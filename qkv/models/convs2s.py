@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from qkv.attention import attend
 from qkv.config import ConfigBase, check
 from qkv.layers import Dropout, LayerWeights, LearnedPositionalEmbedding
+from qkv.linear import Linear
 from qkv.models.transformer import check_length, check_translation_fields, padding_mask, translation_embeddings
 
 __all__ = ["ConvBlock", "ConvCache", "ConvS2S", "ConvS2SConfig"]
@@ -131,13 +132,13 @@ class ConvS2S(nn.Module):
         self.src_positions = LearnedPositionalEmbedding(E, cfg.max_len)
         self.tgt_positions = LearnedPositionalEmbedding(E, cfg.max_len)
         self.dropout = Dropout(p)
-        self.enc_in, self.enc_out = nn.Linear(E, C), nn.Linear(C, E)
+        self.enc_in, self.enc_out = Linear(E, C), Linear(C, E)
         self.encoder = nn.ModuleList(ConvBlock(C, k, p) for _ in range(cfg.N))
-        self.dec_in, self.dec_out = nn.Linear(E, C), nn.Linear(C, E)
+        self.dec_in, self.dec_out = Linear(E, C), Linear(C, E)
         self.decoder = nn.ModuleList(ConvBlock(C, k, p, causal=True) for _ in range(cfg.decoder_layers))
-        self.attn_in = nn.ModuleList(nn.Linear(C, E) for _ in range(cfg.decoder_layers))
-        self.attn_out = nn.ModuleList(nn.Linear(E, C) for _ in range(cfg.decoder_layers))
-        self.generator = nn.Linear(E, cfg.tgt_vocab_size, bias=False)
+        self.attn_in = nn.ModuleList(Linear(C, E) for _ in range(cfg.decoder_layers))
+        self.attn_out = nn.ModuleList(Linear(E, C) for _ in range(cfg.decoder_layers))
+        self.generator = Linear(E, cfg.tgt_vocab_size, bias=False)
         for emb in (self.src_embed, self.tgt_embed, self.src_positions.embedding, self.tgt_positions.embedding):
             nn.init.normal_(emb.weight, std=0.1)
         if cfg.share_embeddings != "none":

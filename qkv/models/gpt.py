@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from qkv.config import ConfigBase, check
 from qkv.errors import QkvError
 from qkv.layers import ACTIVATIONS, Dropout, LayerStack, LayerWeights, LearnedPositionalEmbedding, TransformerLayer
+from qkv.linear import Linear
 from qkv.models.transformer import DecoderCache
 
 __all__ = ["GPT", "GPT_PRESETS", "GPTConfig"]
@@ -84,7 +85,7 @@ class GPT(nn.Module):
             for _ in range(cfg.N)
         ]
         self.blocks = LayerStack(layers, nn.LayerNorm(d, eps=cfg.eps))
-        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(d, cfg.vocab_size, bias=False)
         self._init_weights()
         self.lm_head.weight = self.tok_embed.weight
 

@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from qkv.attention import additive_attention
 from qkv.config import ConfigBase, check
 from qkv.layers import Dropout, LayerWeights
+from qkv.linear import Linear
 from qkv.models.transformer import check_length, check_translation_fields, padding_mask, translation_embeddings
 
 __all__ = ["RNNCache", "RNNConfig", "RNNSeq2Seq"]
@@ -87,13 +88,13 @@ class RNNSeq2Seq(nn.Module):
         self.src_embed, self.tgt_embed = translation_embeddings(cfg, E)
         self.dropout = Dropout(cfg.dropout)
         self.encoder = nn.GRU(E, Hd // 2, num_layers=cfg.N, batch_first=True, bidirectional=True)
-        self.init_state = nn.Linear(Hd, Hd)
-        self.query_proj = nn.Linear(Hd, Hd, bias=False)  # W
-        self.key_proj = nn.Linear(Hd, Hd)  # U
+        self.init_state = Linear(Hd, Hd)
+        self.query_proj = Linear(Hd, Hd, bias=False)  # W
+        self.key_proj = Linear(Hd, Hd)  # U
         self.score = nn.Parameter(torch.empty(Hd))  # v
         self.cell = nn.GRUCell(E + Hd, Hd)
-        self.pre_output = nn.Linear(Hd + Hd + E, E)
-        self.generator = nn.Linear(E, cfg.tgt_vocab_size, bias=False)
+        self.pre_output = Linear(Hd + Hd + E, E)
+        self.generator = Linear(E, cfg.tgt_vocab_size, bias=False)
         nn.init.normal_(self.score, std=Hd**-0.5)
         for emb in (self.src_embed, self.tgt_embed):
             nn.init.normal_(emb.weight, std=E**-0.5)

@@ -22,6 +22,7 @@ from qkv.layers import (
     SinusoidalPositionalEncoding,
     TransformerLayer,
 )
+from qkv.linear import Linear
 
 __all__ = [
     "TRANSFORMER_PRESETS",
@@ -213,7 +214,7 @@ class Transformer(nn.Module):
         self.dropout = Dropout(cfg.dropout)
         self.encoder = _stack(cfg, cfg.N, cross_attention=False)
         self.decoder = _stack(cfg, cfg.decoder_layers, cross_attention=True)
-        self.generator = nn.Linear(d, cfg.tgt_vocab_size, bias=False)
+        self.generator = Linear(d, cfg.tgt_vocab_size, bias=False)
         self._init_weights()
         if cfg.share_embeddings != "none":
             self.generator.weight = self.tgt_embed.weight

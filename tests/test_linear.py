@@ -1,0 +1,82 @@
+"""The packed inference path of qkv.linear.Linear agrees with F.linear and follows its weight."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qkv.linear import Linear, packed_linear_available, set_packing
+
+needs_packing = pytest.mark.skipif(not packed_linear_available(), reason="this torch build has no oneDNN packed linear")
+
+
+@needs_packing
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 16), (3, 1, 16), (2, 5, 16), (7, 16)])
+def test_packed_path_equals_reference(shape: tuple[int, ...], bias: bool) -> None:
+    torch.manual_seed(0)
+    lin = Linear(16, 24, bias=bias).eval()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        y = lin(x)
+    assert lin._packed is not None  # the packed path ran
+    torch.testing.assert_close(y, F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+
+
+@needs_packing
+def test_weight_changes_are_followed() -> None:
+    torch.manual_seed(0)
+    lin = Linear(8, 8)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.5)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        lin(x)
+    lin(x).square().sum().backward()  # with autograd: the reference path, differentiable
+    opt.step()  # changes the weight in place
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+        lin.load_state_dict({"weight": torch.zeros(8, 8), "bias": torch.ones(8)})
+        assert torch.equal(lin(x), torch.ones(2, 8))
+
+
+@needs_packing
+def test_training_mode_drops_the_copy_and_copies_leave_it_behind() -> None:
+    lin = Linear(8, 4).eval()
+    with torch.no_grad():
+        lin(torch.randn(1, 8))
+    assert lin._packed is not None
+    clone = copy.deepcopy(lin)
+    assert clone._packed is None and lin._packed is not None
+    assert set(lin.state_dict()) == {"weight", "bias"}
+    buf = io.BytesIO()
+    torch.save(lin.state_dict(), buf)  # the state dict holds plain tensors only
+    lin.train()
+    assert lin._packed is None
+
+
+@needs_packing
+def test_inference_mode_and_switching_off() -> None:
+    torch.manual_seed(0)
+    lin = Linear(8, 4)
+    x = torch.randn(3, 8)
+    with torch.inference_mode():
+        y = lin(x)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x), y)
+    set_packing(lin, False)
+    assert lin._packed is None
+    with torch.no_grad():
+        assert torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
+    assert lin._packed is None
+
+
+def test_autograd_uses_the_reference_path() -> None:
+    lin = Linear(8, 4)
+    x = torch.randn(3, 8, requires_grad=True)
+    y = lin(x)
+    assert torch.equal(y, F.linear(x, lin.weight, lin.bias)) and y.requires_grad
+    assert lin._packed is None
