@@ -31,7 +31,8 @@ def packed_linear_available() -> bool:
     """True when this torch build has oneDNN's prepacked linear and it agrees with F.linear."""
     try:
         ops = torch.ops.mkldnn
-        w, b, x = torch.randn(8, 4), torch.randn(8), torch.randn(3, 4)
+        g = torch.Generator().manual_seed(0)  # a probe must not move the global RNG (dropout, resuming)
+        w, b, x = (torch.randn(*shape, generator=g) for shape in ((8, 4), (8,), (3, 4)))
         y = ops._linear_pointwise(x, ops._reorder_linear_weight(w), b, "none", [], "")
         return bool(torch.allclose(y, F.linear(x, w, b), atol=1e-5))
     except (AttributeError, RuntimeError):
