@@ -80,3 +80,10 @@ def test_autograd_uses_the_reference_path() -> None:
     y = lin(x)
     assert torch.equal(y, F.linear(x, lin.weight, lin.bias)) and y.requires_grad
     assert lin._packed is None
+
+
+def test_the_capability_probe_leaves_the_global_rng_alone() -> None:
+    packed_linear_available.cache_clear()
+    state = torch.get_rng_state()
+    packed_linear_available()
+    assert torch.equal(state, torch.get_rng_state())
