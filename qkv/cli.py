@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-len", type=int, help="most target tokens (default 2·source + 10)")
 
     ev = sub.add_parser(
-        "evaluate", help="loss, token accuracy, exact match", epilog=EXAMPLES["evaluate"], formatter_class=fmt
+        "evaluate",
+        help="loss, token accuracy, exact match, BLEU (language models: over the whole validation text)",
+        epilog=EXAMPLES["evaluate"],
+        formatter_class=fmt,
     )
     ev.add_argument("run", type=Path, metavar="RUN")
     ev.add_argument("--split", choices=("valid", "test"), default="test", help="held-out split (default test)")
@@ -322,7 +325,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         from qkv.families import make_family
 
         family = make_family(run.config, (run.tokenizer,))
-        print(json.dumps(family.evaluate(run.model, "valid")))  # language models hold out one split
+        # language models hold out one split; score every token of it once
+        print(json.dumps(family.evaluate(run.model, "valid", full=True)))
         return 0
     if (a.src is None) != (a.ref is None):
         raise QkvError("give both --src FILE and --ref FILE, or neither (to use the run's test split)")

@@ -180,14 +180,17 @@ class LMFamily(Family):
         return self.source.stream(self.block, tc.batch_size, tc.seed)
 
     @torch.no_grad()
-    def evaluate(self, core: nn.Module, split: str) -> dict[str, Any]:
-        if split not in self._eval:
-            self._eval[split] = self.source.eval_batches(split, self.block, self.cfg.train.batch_size)
+    def evaluate(self, core: nn.Module, split: str, *, full: bool = False) -> dict[str, Any]:
+        """Loss per predicted token and token accuracy on ``task.eval_batches`` fixed random batches of
+        ``split``, or with ``full`` on every non-overlapping window of it."""
+        key = f"{split}/full" if full else split
+        if key not in self._eval:
+            self._eval[key] = self.source.eval_batches(split, self.block, self.cfg.train.batch_size, full=full)
         core.eval()
         trained = self.trained_view(core)
         device = next(core.parameters()).device
         total, tokens, correct = 0.0, 0, 0
-        for batch in self._eval[split]:
+        for batch in self._eval[key]:
             b = batch.to(device)
             logits, target = self.logits_and_target(trained, b)
             total += float(token_loss(logits, target))

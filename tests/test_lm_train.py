@@ -76,6 +76,10 @@ def test_cli_generate_embed_attention_export(tmp_path, text_file):
     )
     assert res.returncode == 0, res.stderr
     assert "sample (temperature 0.8, seed 0)" in res.stdout and "valid loss" in res.stdout
+    res = cli("evaluate", str(tmp_path / "g"))
+    assert res.returncode == 0, res.stderr
+    n_valid = len(qkv.load(tmp_path / "g").tokenizer.encode(TEXT)) - int(len(TEXT) * 0.9)  # chars: one token each
+    assert json.loads(res.stdout)["n"] == (n_valid - 1) // 16 * 16  # every validation token once
     res = cli("generate", str(tmp_path / "g"), "--prompt", "To be", "--max-new-tokens", "20", "--seed", "1")
     assert res.returncode == 0 and res.stdout.startswith("To be") and len(res.stdout) == len("To be") + 20 + 1
     res = cli("attention", str(tmp_path / "g"), "To be", "-o", str(tmp_path / "a.png"))

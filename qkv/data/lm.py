@@ -109,17 +109,38 @@ def mask_tokens(
 
 
 class WindowStream:
-    """Random windows of ``block`` tokens (nanoGPT's sampling); position = the RNG state."""
+    """Random windows of ``block`` tokens (nanoGPT's sampling); position = the RNG state.
 
-    def __init__(self, ids: Tensor, block: int, batch_size: int, seed: int) -> None:
+    ``sequential=True`` reads the non-overlapping windows from the start instead, once: every token
+    of the text is predicted exactly once (the last batch may be smaller; :attr:`num_batches` says how many).
+    """
+
+    def __init__(self, ids: Tensor, block: int, batch_size: int, seed: int, *, sequential: bool = False) -> None:
         if len(ids) <= block + 1:
-            raise QkvError(f"the training text has {len(ids)} tokens, fewer than the context of {block}; use more text")
+            raise QkvError(f"the text has {len(ids)} tokens, fewer than the context of {block}; use more text")
         self.ids, self.block, self.batch_size = ids, block, batch_size
         self.rng = random.Random(seed)
+        self.sequential, self.cursor = sequential, 0
+
+    @property
+    def num_batches(self) -> int:
+        """Batches in one sequential pass."""
+        windows = (len(self.ids) - 1) // self.block
+        return -(-windows // self.batch_size)
+
+    def _starts(self) -> list[int]:
+        if not self.sequential:
+            return [self.rng.randrange(len(self.ids) - self.block - 1) for _ in range(self.batch_size)]
+        end = (len(self.ids) - 1) // self.block * self.block  # windows need one more token for the targets
+        starts = list(range(self.cursor, min(end, self.cursor + self.batch_size * self.block), self.block))
+        if not starts:
+            raise QkvError("a sequential window stream was read past its end")
+        self.cursor = starts[-1] + self.block
+        return starts
 
     def next_batch(self) -> LMBatch:
         """The next batch."""
-        starts = [self.rng.randrange(len(self.ids) - self.block - 1) for _ in range(self.batch_size)]
+        starts = self._starts()
         idx = torch.stack([self.ids[s : s + self.block] for s in starts])
         targets = torch.stack([self.ids[s + 1 : s + 1 + self.block] for s in starts])
         return LMBatch(idx, targets)
@@ -137,8 +158,10 @@ class MLMStream(WindowStream):
     """Windows of ``block - 2`` tokens framed as [CLS] … [SEP] and masked; each batch's masking comes
     from a generator seeded by (seed, batch number), so the position is RNG state + counter."""
 
-    def __init__(self, ids: Tensor, block: int, batch_size: int, seed: int, masking: dict[str, Any]) -> None:
-        super().__init__(ids, block - 2, batch_size, seed)
+    def __init__(
+        self, ids: Tensor, block: int, batch_size: int, seed: int, masking: dict[str, Any], *, sequential: bool = False
+    ) -> None:
+        super().__init__(ids, block - 2, batch_size, seed, sequential=sequential)
         self.seed, self.count, self.masking = seed, 0, masking
 
     def next_batch(self) -> MLMBatch:  # type: ignore[override]
@@ -218,14 +241,18 @@ class TextSource:
             return MLMStream(self.train_ids, block, batch_size, seed, self.masking())
         return WindowStream(self.train_ids, block, batch_size, seed)
 
-    def eval_batches(self, split: str, block: int, batch_size: int) -> list[LMBatch] | list[MLMBatch]:
-        """A fixed set of ``eval_batches`` batches of ``split`` (the same every call)."""
+    def eval_batches(
+        self, split: str, block: int, batch_size: int, *, full: bool = False
+    ) -> list[LMBatch] | list[MLMBatch]:
+        """A fixed set of ``eval_batches`` random batches of ``split`` (the same every call), or with
+        ``full`` every non-overlapping window of it, so that each token is scored once."""
         ids = self.valid_ids if split in ("valid", "test") else self.train_ids
         if self.mlm:
-            stream: WindowStream = MLMStream(ids, block, batch_size, 12345, self.masking())
+            stream: WindowStream = MLMStream(ids, block, batch_size, 12345, self.masking(), sequential=full)
         else:
-            stream = WindowStream(ids, block, batch_size, 12345)
-        return [stream.next_batch() for _ in range(self.cfg.eval_batches)]  # type: ignore[misc]
+            stream = WindowStream(ids, block, batch_size, 12345, sequential=full)
+        n = stream.num_batches if full else self.cfg.eval_batches
+        return [stream.next_batch() for _ in range(n)]  # type: ignore[misc]
 
 
 def _encode_all(tokenizer: Vocab | SubwordTokenizer, text: str) -> list[int]:
