@@ -248,15 +248,11 @@ def generate(
 
     def read(tokens: Tensor, mask: Tensor, cached: DecoderCache | None, new: int) -> Tensor:
         """Logits (B, V) after feeding the last ``new`` columns of ``tokens`` (all of them without a cache)."""
-        padded = not bool(mask.all())
-        positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, S): 0 at each row's first real token
-        logits, _ = model.decode(
-            tokens[:, -new:],
-            key_mask=mask if padded else None,
-            positions=positions[:, -new:] if padded else None,
-            cache=cached,
-            last_only=True,
-        )
+        visible, pos = None, None  # no padding: every key visible, default positions
+        if not bool(mask.all()):
+            visible = mask
+            pos = (mask.long().cumsum(1) - 1).clamp(min=0)[:, -new:]  # (B, new): 0 at each row's first real token
+        logits, _ = model.decode(tokens[:, -new:], key_mask=visible, positions=pos, cache=cached, last_only=True)
         return logits[:, -1]
 
     logits = read(seq, key_mask, cache, L)  # prefill
