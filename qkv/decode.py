@@ -1,7 +1,8 @@
 """Decoding: greedy and beam search for encoder–decoder models, sampling for decoder-only models —
 all incremental on the KV cache.
 
-Decoding is a few named steps: ``encode`` the source once (cross-attention K/V are computed from the
+Every decoder runs under ``torch.inference_mode`` (no autograd bookkeeping; they return token ids,
+not tensors). Decoding is a few named steps: ``encode`` the source once (cross-attention K/V are computed from the
 memory at the first step and kept), then ``next_log_probs`` per step, feeding only the newest token
 when a cache is used (or the whole prefix without one: the slow reference, tested to give identical
 tokens).
@@ -60,7 +61,7 @@ def _check_max_len(model: Transformer, max_len: int) -> None:
         raise QkvError(f"max length {max_len} must be between 1 and the model's max_len - 1 ({model.cfg.max_len - 1})")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def greedy(
     model: Transformer,
     src: Tensor,
@@ -97,7 +98,7 @@ def greedy(
     return hyps
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(
     model: Transformer,
     src: Tensor,
@@ -203,7 +204,7 @@ def sample_next(
     return tok.clamp(max=probs.size(-1) - 1)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model: Any,
     prompts: list[list[int]],
