@@ -25,6 +25,11 @@ from torch import Tensor, nn
 
 __all__ = ["Linear", "packed_linear_available", "set_packing"]
 
+# oneDNN lays the packed weight out for an expected number of input rows. Measured on a 2-core AVX2
+# CPU over GPT-2 small's matrices: a hint of 16 rows is 5–10% faster than no hint at 1 and 8 rows
+# (decoding) and the same at 32–512 rows (prompts, evaluation batches).
+PACK_ROWS = 16
+
 
 @functools.cache
 def packed_linear_available() -> bool:
@@ -33,7 +38,7 @@ def packed_linear_available() -> bool:
         ops = torch.ops.mkldnn
         g = torch.Generator().manual_seed(0)  # a probe must not move the global RNG (dropout, resuming)
         w, b, x = (torch.randn(*shape, generator=g) for shape in ((8, 4), (8,), (3, 4)))
-        y = ops._linear_pointwise(x, ops._reorder_linear_weight(w), b, "none", [], "")
+        y = ops._linear_pointwise(x, ops._reorder_linear_weight(w, PACK_ROWS), b, "none", [], "")
         return bool(torch.allclose(y, F.linear(x, w, b), atol=1e-5))
     except (AttributeError, RuntimeError):
         return False
@@ -55,7 +60,7 @@ class Linear(nn.Linear):
         key = (w._version, w.data_ptr())
         if self._packed is None or self._packed[0] != key:
             self._packed = None  # free the stale copy before making the new one
-            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
+            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS))
         return self._packed[1]
 
     def forward(self, x: Tensor) -> Tensor:
