@@ -9,10 +9,15 @@ Two paths compute the same thing:
   matrix-vector products, bound by how fast W is read from memory; the packed layout reads it at
   close to the machine's bandwidth, about twice as fast as the plain layout on an AVX2 CPU.
 
-The selection rule is one line in :meth:`Linear.forward`. The packed copy is made on first use,
-made again when the weight changes (its version counter or storage moves), and dropped when the
-module is put back into training mode. It costs a second copy of the weight while it is kept;
-``Linear.packing = False`` (on one module or on the class) turns the packed path off.
+The packed path uses two oneDNN operators that PyTorch registers for its own compiler
+(``torch.ops.mkldnn._reorder_linear_weight`` and ``_linear_pointwise``; private, so
+:func:`packed_linear_available` checks once that they exist and agree with ``F.linear``, and the
+reference path runs if not). The selection rule is one line in :meth:`Linear.forward`.
+
+The packed copy is made on first use, made again when the weight changes (its version counter or
+storage moves), and dropped when the module is put back into training mode. It costs a second copy
+of the weight while it is kept; ``set_packing(model, False)`` (or ``Linear.packing = False`` on one
+module or on the class) turns the packed path off.
 """
 
 from __future__ import annotations
