@@ -14,15 +14,43 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from qkv.errors import QkvError
-from qkv.models.transformer import DecoderCache, Transformer
+from qkv.models.transformer import DecoderCache
 
-__all__ = ["Hypothesis", "beam_search", "generate", "greedy", "length_penalty", "next_log_probs", "sample_next"]
+__all__ = [
+    "EncoderDecoder",
+    "Hypothesis",
+    "beam_search",
+    "generate",
+    "greedy",
+    "length_penalty",
+    "next_log_probs",
+    "sample_next",
+]
+
+
+class EncoderDecoder(Protocol):
+    """What greedy and beam search need of a model; the Transformer, ``RNNSeq2Seq`` and ``ConvS2S``
+    all have it. The cache (``new_cache``) must offer ``reorder(rows)`` for beam search."""
+
+    cfg: Any
+
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor, Any]:
+        """src (B, S) -> memory (B, S, ·), source mask (B, 1, 1, S), weights or None."""
+        ...
+
+    def decode(self, tgt: Tensor, memory: Tensor, src_mask: Tensor, *, cache: Any = None) -> tuple[Tensor, Any]:
+        """tgt (B, t) (only new tokens with a cache) -> logits (B, t, V), weights or None."""
+        ...
+
+    def new_cache(self, capacity: int = 64) -> Any:
+        """An empty decoding cache."""
+        ...
 
 
 @dataclass
@@ -41,14 +69,12 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def default_max_len(model: Transformer, src: Tensor) -> int:
+def default_max_len(model: EncoderDecoder, src: Tensor) -> int:
     """Target length limit: 2·S + 10, within the model's max_len."""
     return min(2 * src.size(1) + 10, model.cfg.max_len - 1)
 
 
-def next_log_probs(
-    model: Transformer, prefix: Tensor, memory: Tensor, src_mask: Tensor, cache: DecoderCache | None
-) -> Tensor:
+def next_log_probs(model: EncoderDecoder, prefix: Tensor, memory: Tensor, src_mask: Tensor, cache: Any) -> Tensor:
     """Log-probabilities (B, V) of the token after ``prefix`` (B, t). With a cache only the last
     token is fed (earlier K/V are cached); without one the whole prefix is recomputed."""
     step_input = prefix[:, -1:] if cache is not None else prefix  # (B, 1) or (B, t)
@@ -56,14 +82,14 @@ def next_log_probs(
     return torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B, V)
 
 
-def _check_max_len(model: Transformer, max_len: int) -> None:
+def _check_max_len(model: EncoderDecoder, max_len: int) -> None:
     if not 1 <= max_len < model.cfg.max_len:
         raise QkvError(f"max length {max_len} must be between 1 and the model's max_len - 1 ({model.cfg.max_len - 1})")
 
 
 @torch.inference_mode()
 def greedy(
-    model: Transformer,
+    model: EncoderDecoder,
     src: Tensor,
     *,
     bos_id: int = 1,
@@ -100,7 +126,7 @@ def greedy(
 
 @torch.inference_mode()
 def beam_search(
-    model: Transformer,
+    model: EncoderDecoder,
     src: Tensor,
     *,
     beam: int = 4,
