@@ -14,8 +14,11 @@ The packed path uses two oneDNN operators that PyTorch registers for its own com
 :func:`packed_linear_available` checks once that they exist and agree with ``F.linear``, and the
 reference path runs if not). The selection rule is one line in :meth:`Linear.forward`.
 
-The packed copy is made on first use, made again when the weight changes (its version counter or
-storage moves), and dropped when the module is put back into training mode. It costs a second copy
+The packed copy is made on first use, made again when the weight changes — it is another tensor,
+its version counter moved (optimizer steps, ``load_state_dict``, in-place ops) or its storage moved —
+and dropped when the module is put back into training mode. Writes through ``weight.data`` bypass
+the version counter (as they bypass autograd): after one, call ``model.train()`` or write under
+``torch.no_grad()`` instead. It costs a second copy
 of the weight while it is kept; ``set_packing(model, False)`` (or ``Linear.packing = False`` on one
 module or on the class) turns the packed path off.
 """
@@ -23,6 +26,7 @@ module or on the class) turns the packed path off.
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -57,16 +61,18 @@ class Linear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        self._packed: tuple[tuple[int, int], Tensor] | None = None  # ((version, data_ptr), packed W)
+        # (the weight packed, its (version, data_ptr) then, the packed copy)
+        self._packed: tuple[weakref.ref[Tensor], tuple[int, int], Tensor] | None = None
 
     def _packed_weight(self) -> Tensor:
-        """The prepacked copy of the current weight, packed again if the weight changed."""
+        """The prepacked copy of the current weight, packed again if the weight is another tensor, was
+        changed in place (its version counter moved) or moved to other storage."""
         w = self.weight
-        key = (w._version, w.data_ptr())
-        if self._packed is None or self._packed[0] != key:
+        state = (w._version, w.data_ptr())
+        if self._packed is None or self._packed[0]() is not w or self._packed[1] != state:
             self._packed = None  # free the stale copy before making the new one
-            self._packed = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS))
-        return self._packed[1]
+            self._packed = (weakref.ref(w), state, torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS))
+        return self._packed[2]
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., in_features) -> (..., out_features)."""

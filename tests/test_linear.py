@@ -87,3 +87,14 @@ def test_the_capability_probe_leaves_the_global_rng_alone() -> None:
     state = torch.get_rng_state()
     packed_linear_available()
     assert torch.equal(state, torch.get_rng_state())
+
+
+@needs_packing
+def test_a_new_weight_tensor_is_packed_again() -> None:
+    torch.manual_seed(0)
+    lin = Linear(8, 4).eval()
+    x = torch.randn(2, 8)
+    for _ in range(3):  # a fresh tensor each time, possibly at a freed address with the same version
+        lin.load_state_dict({"weight": torch.randn(4, 8), "bias": torch.randn(4)}, assign=True)
+        with torch.no_grad():
+            torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
