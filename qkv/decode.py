@@ -1,11 +1,11 @@
 """Decoding: greedy and beam search for encoder–decoder models, sampling for decoder-only models —
 all incremental on the KV cache.
 
-Every decoder runs under ``torch.inference_mode`` (no autograd bookkeeping; they return token ids,
-not tensors). Decoding is a few named steps: ``encode`` the source once (cross-attention K/V are computed from the
+Decoding is a few named steps: ``encode`` the source once (cross-attention K/V are computed from the
 memory at the first step and kept), then ``next_log_probs`` per step, feeding only the newest token
 when a cache is used (or the whole prefix without one: the slow reference, tested to give identical
-tokens).
+tokens). Every decoder runs under ``torch.inference_mode`` (no autograd bookkeeping; they return
+token ids, not tensors).
 
 Shapes: B sentences, K beams, S source length, V target vocabulary.
 """

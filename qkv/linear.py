@@ -18,9 +18,9 @@ The packed copy is made on first use, made again when the weight changes — it 
 its version counter moved (optimizer steps, ``load_state_dict``, in-place ops) or its storage moved —
 and dropped when the module is put back into training mode. Writes through ``weight.data`` bypass
 the version counter (as they bypass autograd): after one, call ``model.train()`` or write under
-``torch.no_grad()`` instead. It costs a second copy
-of the weight while it is kept; ``set_packing(model, False)`` (or ``Linear.packing = False`` on one
-module or on the class) turns the packed path off.
+``torch.no_grad()`` instead. The copy costs as much memory as the weight while it is kept;
+``set_packing(model, False)`` (or ``Linear.packing = False`` on one module or on the class) turns the
+packed path off.
 """
 
 from __future__ import annotations
