@@ -9,10 +9,10 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 if TYPE_CHECKING:
-    from qkv.api import Seq2SeqRun
+    from qkv.families.base import Run
 
 
-def load(run: Any, *, device: str = "cpu") -> Seq2SeqRun:
+def load(run: Any, *, device: str = "cpu") -> Run:
     """Load a run directory: the model, its tokenizers and config, with methods mirroring the CLI."""
     from qkv.api import load as _load
 

@@ -202,24 +202,30 @@ def additive_attention(q: Tensor, k: Tensor, v: Tensor, w: Tensor, mask: Tensor 
     """Additive (Bahdanau) attention, softmax_s(wᵀ tanh(q_t + k_s)) v; returns (output, weights).
 
     q (B, T, A) and k (B, S, A) are the already projected query and keys, v (B, S, D_v), w (A,).
-    ``mask`` is boolean, True = may attend, broadcastable to (B, T, S). Output (B, T, D_v), weights (B, T, S).
+    ``mask`` is boolean, True = may attend, broadcastable to (B, T, S); a fully masked row gets zero
+    weights and zero output (the module's mask rule). Output (B, T, D_v), weights (B, T, S).
     """
     scores = torch.tanh(q.unsqueeze(2) + k.unsqueeze(1)) @ w  # (B, T, 1, A) + (B, 1, S, A) -> (B, T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores, dim=-1)  # (B, T, S)
+    if mask is not None:
+        weights = weights * mask.any(dim=-1, keepdim=True)  # fully masked rows: zero, not uniform
     return weights @ v, weights  # (B, T, D_v), (B, T, S)
 
 
 class KVCache:
     """Keys and values of one attention module kept across decoding steps.
 
-    Lifecycle: create empty -> ``append`` new K/V each step (self-attention) or ``store`` them once
-    (cross-attention, ``static=True``) -> ``reorder`` rows when beams are re-ranked -> discard.
-    Buffers are preallocated to ``capacity`` positions and doubled when full.
+    Lifecycle: create with the ``capacity`` decoding will reach (known when it starts: the prompt plus
+    the new tokens, or the longest target) -> ``append`` new K/V each step (self-attention) or ``store``
+    them once (cross-attention, ``static=True``) -> ``reorder`` rows when beams are re-ranked -> discard.
+    The buffers are allocated once, at the first ``append`` (when batch, heads, width, dtype and device
+    are known), to ``capacity`` positions; without a capacity, or past it, they are reallocated to the
+    length needed (a fallback that qkv's decoders never take).
     """
 
-    def __init__(self, capacity: int = 64, *, static: bool = False) -> None:
+    def __init__(self, capacity: int | None = None, *, static: bool = False) -> None:
         self.capacity = capacity
         self.static = static
         self.length = 0
@@ -248,21 +254,22 @@ class KVCache:
         self._k, self._v, self.length = k, v, k.size(-2)
         return k, v
 
+    def _allocate(self, k: Tensor, v: Tensor, length: int) -> None:
+        """Buffers of ``length`` positions shaped like k, v (B, H, ·, D), holding what is cached so far."""
+        self.capacity = length
+        new_k = k.new_empty(*k.shape[:-2], length, k.size(-1))  # (B, H, capacity, D)
+        new_v = v.new_empty(*v.shape[:-2], length, v.size(-1))
+        if self._k is not None:
+            new_k[:, :, : self.length] = self.k
+            new_v[:, :, : self.length] = self.v
+        self._k, self._v = new_k, new_v
+
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add K/V of new positions (B, H, T_new, D); returns all cached K/V so far."""
         new_len = self.length + k.size(-2)
         if self._k is None or new_len > self._k.size(-2):
-            capacity = max(self.capacity, new_len)
-            while capacity < new_len:
-                capacity *= 2
-            self.capacity = capacity
-            bigger_k = k.new_empty(*k.shape[:-2], capacity, k.size(-1))  # (B, H, capacity, D)
-            bigger_v = v.new_empty(*v.shape[:-2], capacity, v.size(-1))
-            if self._k is not None:
-                bigger_k[:, :, : self.length] = self.k
-                bigger_v[:, :, : self.length] = self.v
-            self._k, self._v = bigger_k, bigger_v
-        assert self._v is not None
+            self._allocate(k, v, max(self.capacity or 0, new_len))
+        assert self._k is not None and self._v is not None
         self._k[:, :, self.length : new_len] = k
         self._v[:, :, self.length : new_len] = v
         self.length = new_len
@@ -297,23 +304,34 @@ class MultiHeadAttention(nn.Module):
         self.in_proj = Linear(d_model, 3 * d_model, bias=bias)  # [W^Q; W^K; W^V]
         self.out_proj = Linear(d_model, d_model, bias=bias)  # W^O
 
+    @staticmethod
+    def split_in_proj(fused: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The fused input projection's weight (3·d_model, d_model) or bias (3·d_model,) -> its
+        W^Q, W^K, W^V parts (checkpoints that store them apart: BERT, Marian)."""
+        q, k, v = fused.chunk(3, dim=0)
+        return q, k, v
+
+    @staticmethod
+    def merge_in_proj(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Inverse of :meth:`split_in_proj`: stack W^Q, W^K, W^V (or their biases) into the fused layout."""
+        return torch.cat([q, k, v], dim=0)
+
     def _split_heads(self, x: Tensor) -> Tensor:
         B, L, _ = x.shape
         return x.view(B, L, self.h, self.d_k).transpose(1, 2)  # (B, L, d_model) -> (B, H, L, D)
 
     def _project(self, query: Tensor, memory: Tensor | None, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
         d = self.d_model
-        W, b = self.in_proj.weight, self.in_proj.bias
         if memory is None:  # self-attention: one fused matmul
             q, k, v = self.in_proj(query).split(d, dim=-1)  # 3 x (B, T, d_model)
             k, v = self._split_heads(k), self._split_heads(v)
             if cache is not None:
                 k, v = cache.append(k, v)  # (B, H, S, D) with S = cached + T
             return self._split_heads(q), k, v
-        q = F.linear(query, W[:d], None if b is None else b[:d])  # (B, T, d_model)
+        q = self.in_proj.rows(query, 0, d)  # W^Q rows: (B, T, d_model)
         if cache is not None and cache.filled:
             return self._split_heads(q), cache.k, cache.v
-        k, v = F.linear(memory, W[d:], None if b is None else b[d:]).split(d, dim=-1)  # 2 x (B, S, d_model)
+        k, v = self.in_proj.rows(memory, d, 3 * d).split(d, dim=-1)  # W^K, W^V rows: 2 x (B, S, d_model)
         k, v = self._split_heads(k), self._split_heads(v)
         if cache is not None:
             cache.store(k, v)

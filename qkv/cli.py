@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,16 +64,26 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    from qkv.train import RECIPES
-
-    fmt = argparse.RawDescriptionHelpFormatter
     p = _Parser(prog="qkv", description="qkv: the Transformer from its parts — train, decode, inspect.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    for name, (_, add_arguments, help_text) in COMMANDS.items():
+        verb = sub.add_parser(
+            name, help=help_text, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        add_arguments(verb)
+    return p
 
-    t = sub.add_parser(
-        "train", help="train a model (default: the built-in dates task)", epilog=EXAMPLES["train"], formatter_class=fmt
-    )
+
+def _run_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, metavar="RUN", help="a run directory (from qkv train or qkv convert)")
+
+
+def add_train_arguments(t: argparse.ArgumentParser) -> None:
+    """``qkv train``'s arguments."""
+    from qkv.families import FAMILIES
+    from qkv.train import RECIPES
+
     t.add_argument(
         "args",
         nargs="*",
@@ -90,42 +100,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--text", type=Path, metavar="FILE", help="a text file for a language model (sets task.path)")
     t.add_argument("--valid-text", type=Path, metavar="FILE", help="validation text (default: the last 10%%)")
     t.add_argument("--config", type=Path, help="a JSON file with model/train/task sections to override")
+    translation = [f for f in FAMILIES.values() if f.translation]
     t.add_argument(
         "--family",
-        choices=("seq2seq", "rnn", "cnn"),
-        help="model family for a translation preset: the Transformer (seq2seq, default), the GRU baseline "
-        "with additive attention (rnn) or ConvS2S (cnn); same data, trainer, decoding and metrics",
+        choices=[name for f in translation for name in (f.name, *f.aliases)],
+        help="model family for a translation preset (same data, trainer, decoding and metrics): "
+        + "; ".join(f"{f.name}: {f.description}" for f in translation),
     )
     t.add_argument("--out", type=Path, help="run directory to create (default: runs/PRESET-TIME)")
     t.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN exactly where it stopped")
     t.add_argument("--until-step", type=int, metavar="N", help="stop (resumably) after step N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    tr = sub.add_parser(
-        "translate", help="translate texts with a run", epilog=EXAMPLES["translate"], formatter_class=fmt
-    )
-    tr.add_argument("run", type=Path, metavar="RUN")
+
+def add_translate_arguments(tr: argparse.ArgumentParser) -> None:
+    """``qkv translate``'s arguments."""
+    _run_argument(tr)
     tr.add_argument("text", nargs="*", metavar="TEXT", help="texts to translate (default: lines of stdin)")
     tr.add_argument("-i", "--input", type=Path, metavar="FILE", help="translate the lines of FILE")
     tr.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy, the default)")
     tr.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty for beam search (default 0.6)")
     tr.add_argument("--max-len", type=int, help="most target tokens (default 2·source + 10)")
 
-    ev = sub.add_parser(
-        "evaluate",
-        help="loss, token accuracy, exact match, BLEU (language models: over the whole validation text)",
-        epilog=EXAMPLES["evaluate"],
-        formatter_class=fmt,
-    )
-    ev.add_argument("run", type=Path, metavar="RUN")
+
+def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
+    """``qkv evaluate``'s arguments."""
+    _run_argument(ev)
     ev.add_argument("--split", choices=("valid", "test"), default="test", help="held-out split (default test)")
     ev.add_argument("--src", type=Path, metavar="FILE", help="score the translation of FILE instead of a split")
     ev.add_argument("--ref", type=Path, metavar="FILE", help="references for --src, one per line")
     ev.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
     ev.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty for beam search")
 
-    at = sub.add_parser("attention", help="draw attention heatmaps", epilog=EXAMPLES["attention"], formatter_class=fmt)
-    at.add_argument("run", type=Path, metavar="RUN")
+
+def add_attention_arguments(at: argparse.ArgumentParser) -> None:
+    """``qkv attention``'s arguments."""
+    _run_argument(at)
     at.add_argument("text", metavar="TEXT", help="the input sentence")
     at.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="image or JSON file to write")
     at.add_argument("--kind", help="enc, dec or cross for translation models (default cross); self for GPT/BERT")
@@ -134,10 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--format", choices=("png", "svg", "json"), help="default: from the file name")
     at.add_argument("--beam", type=int, default=1, help="decode with beam search to draw its translation")
 
-    g = sub.add_parser(
-        "generate", help="continue prompts with a GPT run", epilog=EXAMPLES["generate"], formatter_class=fmt
-    )
-    g.add_argument("run", type=Path, metavar="RUN")
+
+def add_generate_arguments(g: argparse.ArgumentParser) -> None:
+    """``qkv generate``'s arguments."""
+    _run_argument(g)
     g.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="text to continue (repeatable)")
     g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to add (default 200)")
     g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
@@ -145,52 +155,44 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this much probability")
     g.add_argument("--seed", type=int, help="random seed (the same seed gives the same text)")
 
-    em = sub.add_parser(
-        "embed", help="sentence embeddings with a BERT run", epilog=EXAMPLES["embed"], formatter_class=fmt
-    )
-    em.add_argument("run", type=Path, metavar="RUN")
+
+def add_embed_arguments(em: argparse.ArgumentParser) -> None:
+    """``qkv embed``'s arguments."""
+    _run_argument(em)
     em.add_argument("text", nargs="*", metavar="TEXT", help="texts to embed (default: lines of stdin)")
     em.add_argument("--normalize", action="store_true", help="L2-normalize each embedding")
 
-    cv = sub.add_parser(
-        "convert", help="make a run of a Hugging Face GPT-2 or BERT", epilog=EXAMPLES["convert"], formatter_class=fmt
-    )
+
+def add_convert_arguments(cv: argparse.ArgumentParser) -> None:
+    """``qkv convert``'s arguments."""
     cv.add_argument("--from-hf", type=Path, required=True, metavar="DIR", help="Hugging Face model directory")
     cv.add_argument("--out", type=Path, required=True, metavar="RUN", help="run directory to create")
 
-    ex = sub.add_parser(
-        "export", help="write a GPT or BERT run for Hugging Face", epilog=EXAMPLES["export"], formatter_class=fmt
-    )
+
+def add_export_arguments(ex: argparse.ArgumentParser) -> None:
+    """``qkv export``'s arguments."""
     ex.add_argument("--to-hf", type=Path, required=True, metavar="RUN", help="the run to export")
     ex.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to create")
 
-    sv = sub.add_parser(
-        "serve", help="the attention explorer in the browser", epilog=EXAMPLES["serve"], formatter_class=fmt
-    )
-    sv.add_argument("run", type=Path, metavar="RUN")
+
+def add_serve_arguments(sv: argparse.ArgumentParser) -> None:
+    """``qkv serve``'s arguments."""
+    _run_argument(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
 
-    cp = sub.add_parser(
-        "compare",
-        help="measure Transformer vs RNN vs CNN, scaled vs unscaled, query batch vs per query",
-        epilog=EXAMPLES["compare"],
-        formatter_class=fmt,
-    )
+
+def add_compare_arguments(cp: argparse.ArgumentParser) -> None:
+    """``qkv compare``'s arguments."""
+    from qkv.compare import EXPERIMENTS
+
     cp.add_argument("--quick", action="store_true", help="toy sizes: every experiment in <= 10 minutes on 2 cores")
     cp.add_argument("--sizes", default="full", choices=("full", "quick", "smoke"), help="sizes preset (default full)")
     cp.add_argument(
-        "--only",
-        metavar="A,B",
-        help="comma-separated experiments (default all): "
-        "parallelism, path_length, long_range, scaling, query_batch, heads, translation",
+        "--only", metavar="A,B", help=f"comma-separated experiments (default all): {', '.join(EXPERIMENTS)}"
     )
     cp.add_argument("--multi30k", type=Path, metavar="DIR", help="Multi30k directory for the translation experiment")
     cp.add_argument("--out", type=Path, metavar="DIR", help="directory to write (default runs/compare-SIZES-TIME)")
-
-    info = sub.add_parser("info", help="config, parameters, last metrics", epilog=EXAMPLES["info"], formatter_class=fmt)
-    info.add_argument("run", type=Path, metavar="RUN")
-    return p
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -249,11 +251,8 @@ def report(run: Any, summary: dict[str, Any], out: Path) -> None:
         loss, acc = summary[f"{split}_loss"], summary[f"{split}_token_accuracy"]
         print(f"{split} masked-LM loss {loss:.4f}, masked-token accuracy {acc:.4f}, {minutes}")
         return
-    from qkv.data import build_source
-
-    examples = build_source(run.config.task, (run.src_tokenizer, run.tgt_tokenizer)).split(split)[:5]
     print(f"examples ({split} split):")
-    for (src, ref), hyp in zip(examples, run.translate([s for s, _ in examples]), strict=True):
+    for src, ref, hyp in run.examples(split):
         mark = "ok" if hyp == ref else f"expected {ref}"
         print(f"  {src}  ->  {hyp}   [{mark}]")
     if f"{split}_bleu" in summary:
@@ -297,10 +296,9 @@ def cmd_translate(a: argparse.Namespace) -> int:
     """``qkv translate``: one output line per input text."""
     from qkv import api
     from qkv.data import read_lines
-    from qkv.recipes import TRANSLATION_FAMILIES
 
     run = api.load(a.run)
-    _need(run, TRANSLATION_FAMILIES, "translate")
+    _need_translation(run, "translate")
     if a.input is not None:
         texts = list(a.text) + read_lines(a.input)
     else:
@@ -316,17 +314,12 @@ def cmd_translate(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     """``qkv evaluate``: metrics as one JSON object."""
     from qkv import api
-    from qkv.recipes import TRANSLATION_FAMILIES
 
     run = api.load(a.run)
-    if run.config.family not in TRANSLATION_FAMILIES:
+    if not run.config.spec.translation:
         if a.src is not None or a.ref is not None:
             raise QkvError("--src/--ref score translations; this is a language-model run")
-        from qkv.families import make_family
-
-        family = make_family(run.config, (run.tokenizer,))
-        # language models hold out one split; score every token of it once
-        print(json.dumps(family.evaluate(run.model, "valid", full=True)))
+        print(json.dumps(run.evaluate()))  # language models hold out one split; every token of it scored once
         return 0
     if (a.src is None) != (a.ref is None):
         raise QkvError("give both --src FILE and --ref FILE, or neither (to use the run's test split)")
@@ -352,22 +345,28 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_attention(a: argparse.Namespace) -> int:
     """``qkv attention``: write a heatmap (PNG/SVG) or every map as JSON."""
     from qkv import api
-    from qkv.recipes import TRANSLATION_FAMILIES
     from qkv.viz import save_attention
 
     run = api.load(a.run)
-    seq2seq = run.config.family in TRANSLATION_FAMILIES
-    maps = run.attention(a.text, beam=a.beam) if seq2seq else run.attention(a.text)
-    kind = a.kind or ("cross" if seq2seq else "self")
+    translation = run.config.spec.translation
+    maps = run.attention(a.text, beam=a.beam) if translation else run.attention(a.text)
+    kind = a.kind or ("cross" if translation else "self")
     path = save_attention(maps, a.output, kind=kind, layer=a.layer, head=a.head, fmt=a.format)
     print(f"{maps.source} -> {maps.output}")
     print(f"wrote {path}")
     return 0
 
 
-def _need(run: Any, families: tuple[str, ...], verb: str) -> None:
-    if run.config.family not in families:
-        wanted = families[0] if len(families) == 1 else f"translation ({', '.join(families)})"
+def _need(run: Any, family: str, verb: str) -> None:
+    if run.config.family != family:
+        raise QkvError(f"`qkv {verb}` needs a {family} run; {run.path} is a {run.config.family} run")
+
+
+def _need_translation(run: Any, verb: str) -> None:
+    from qkv.families import TRANSLATION_FAMILIES
+
+    if not run.config.spec.translation:
+        wanted = f"translation ({', '.join(TRANSLATION_FAMILIES)})"
         raise QkvError(f"`qkv {verb}` needs a {wanted} run; {run.path} is a {run.config.family} run")
 
 
@@ -376,7 +375,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from qkv import api
 
     run = api.load(a.run)
-    _need(run, ("gpt",), "generate")
+    _need(run, "gpt", "generate")
     opts = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
     if len(a.prompt) == 1:
         sys.stdout.write(a.prompt[0])
@@ -400,7 +399,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
     from qkv import api
 
     run = api.load(a.run)
-    _need(run, ("bert",), "embed")
+    _need(run, "bert", "embed")
     texts = a.text if a.text else [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise QkvError("nothing to embed: give TEXT arguments or lines on stdin")
@@ -429,9 +428,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     """``qkv serve``: run the attention explorer until Ctrl-C."""
+    from qkv import api
     from qkv.viz.server import serve
 
-    serve(str(a.run), a.host, a.port)
+    serve(api.load(a.run), a.host, a.port)
     return 0
 
 
@@ -446,18 +446,27 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
-    "train": cmd_train,
-    "translate": cmd_translate,
-    "evaluate": cmd_evaluate,
-    "info": cmd_info,
-    "attention": cmd_attention,
-    "generate": cmd_generate,
-    "embed": cmd_embed,
-    "convert": cmd_convert,
-    "export": cmd_export,
-    "serve": cmd_serve,
-    "compare": cmd_compare,
+# verb -> (what it does, its arguments, its one-line help)
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {
+    "train": (cmd_train, add_train_arguments, "train a model (default: the built-in dates task)"),
+    "translate": (cmd_translate, add_translate_arguments, "translate texts with a run"),
+    "evaluate": (
+        cmd_evaluate,
+        add_evaluate_arguments,
+        "loss, token accuracy, exact match, BLEU (language models: over the whole validation text)",
+    ),
+    "attention": (cmd_attention, add_attention_arguments, "draw attention heatmaps"),
+    "generate": (cmd_generate, add_generate_arguments, "continue prompts with a GPT run"),
+    "embed": (cmd_embed, add_embed_arguments, "sentence embeddings with a BERT run"),
+    "convert": (cmd_convert, add_convert_arguments, "make a run of a Hugging Face GPT-2 or BERT"),
+    "export": (cmd_export, add_export_arguments, "write a GPT or BERT run for Hugging Face"),
+    "serve": (cmd_serve, add_serve_arguments, "the attention explorer in the browser"),
+    "compare": (
+        cmd_compare,
+        add_compare_arguments,
+        "measure Transformer vs RNN vs CNN, scaled vs unscaled, query batch vs per query",
+    ),
+    "info": (cmd_info, _run_argument, "config, parameters, last metrics"),
 }
 
 
@@ -471,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command][0](args)
     except QkvError as e:
         print(f"qkv: error: {e}", file=sys.stderr)
         return 2

@@ -4,8 +4,12 @@ all incremental on the KV cache.
 Decoding is a few named steps: ``encode`` the source once (cross-attention K/V are computed from the
 memory at the first step and kept), then ``next_log_probs`` per step, feeding only the newest token
 when a cache is used (or the whole prefix without one: the slow reference, tested to give identical
-tokens). Every decoder runs under ``torch.inference_mode`` (no autograd bookkeeping; they return
-token ids, not tensors).
+tokens). The caches and the token buffers are preallocated to the longest sequence decoding can
+reach, known when it starts; every tensor is made on the device of the model's input. Every decoder
+runs under ``torch.inference_mode`` (no autograd bookkeeping; they return token ids, not tensors).
+
+The encoder–decoder decoders take any :class:`~qkv.models.translation.EncoderDecoderModel` (the
+Transformer, ``RNNSeq2Seq``, ``ConvS2S``); ``generate`` takes a decoder-only model (GPT).
 
 Shapes: B sentences, K beams, S source length, V target vocabulary.
 """
@@ -14,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from qkv.errors import QkvError
-from qkv.models.transformer import DecoderCache
+from qkv.layers import DecoderCache
+from qkv.models.translation import EncoderDecoderModel as EncoderDecoder
 
 __all__ = [
     "EncoderDecoder",
@@ -32,25 +37,6 @@ __all__ = [
     "next_log_probs",
     "sample_next",
 ]
-
-
-class EncoderDecoder(Protocol):
-    """What greedy and beam search need of a model; the Transformer, ``RNNSeq2Seq`` and ``ConvS2S``
-    all have it. The cache (``new_cache``) must offer ``reorder(rows)`` for beam search."""
-
-    cfg: Any
-
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor, Any]:
-        """src (B, S) -> memory (B, S, ·), source mask (B, 1, 1, S), weights or None."""
-        ...
-
-    def decode(self, tgt: Tensor, memory: Tensor, src_mask: Tensor, *, cache: Any = None) -> tuple[Tensor, Any]:
-        """tgt (B, t) (only new tokens with a cache) -> logits (B, t, V), weights or None."""
-        ...
-
-    def new_cache(self, capacity: int = 64) -> Any:
-        """An empty decoding cache."""
-        ...
 
 
 @dataclass
@@ -100,28 +86,68 @@ def greedy(
     """Greedy decoding of a batch of sources (B, S): the most likely token at each step."""
     max_len = default_max_len(model, src) if max_len is None else max_len
     _check_max_len(model, max_len)
-    B = src.size(0)
+    B, dev = src.size(0), src.device
     memory, src_mask, _ = model.encode(src)  # (B, S, d_model), (B, 1, 1, S)
     cache = model.new_cache(max_len + 1) if use_cache else None
-    ys = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
-    log_prob = torch.zeros(B, device=src.device)
-    finished = torch.zeros(B, dtype=torch.bool, device=src.device)
-    for _ in range(max_len):
-        lp = next_log_probs(model, ys, memory, src_mask, cache)  # (B, V)
+    ys = torch.full((B, max_len + 1), model.cfg.pad_id, dtype=torch.long, device=dev)  # (B, 1 + max_len)
+    ys[:, 0] = bos_id
+    log_prob = torch.zeros(B, device=dev)
+    finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    t = 0
+    while t < max_len and not bool(finished.all()):
+        lp = next_log_probs(model, ys[:, : t + 1], memory, src_mask, cache)  # (B, V)
         best_lp, tok = lp.max(dim=-1)  # (B,), (B,)
-        tok = tok.masked_fill(finished, model.cfg.pad_id)
         log_prob += best_lp.masked_fill(finished, 0.0)
-        ys = torch.cat([ys, tok[:, None]], dim=1)  # (B, t+1)
+        t += 1
+        ys[:, t] = tok.masked_fill(finished, model.cfg.pad_id)
         finished |= tok == eos_id
-        if finished.all():
-            break
     hyps = []
     for b in range(B):
-        toks = ys[b, 1:].tolist()
+        toks = ys[b, 1 : t + 1].tolist()
         if eos_id in toks:
             toks = toks[: toks.index(eos_id) + 1]
         hyps.append(Hypothesis(toks, float(log_prob[b]), float(log_prob[b])))
     return hyps
+
+
+@dataclass
+class _Beams:
+    """The state of beam search over B sources × K beams: token buffer ys (B*K, 1 + max_len), preallocated,
+    of which ``t + 1`` columns are filled; live scores (B, K); ended hypotheses and done flags per source."""
+
+    ys: Tensor
+    scores: Tensor
+    ended: list[list[Hypothesis]]
+    done: list[bool]
+    t: int = 0
+
+    def end(self, ends: Tensor, rows: Tensor, top_scores: Tensor, eos_id: int, alpha: float) -> None:
+        """Record the candidates marked in ``ends`` (B, 2K), continuing ys rows ``rows`` (B, 2K), as ended."""
+        for b, done in enumerate(self.done):
+            if done:
+                continue
+            for j in torch.nonzero(ends[b]).flatten().tolist():
+                prefix = self.ys[rows[b, j], 1 : self.t + 1].tolist()
+                s = float(top_scores[b, j])
+                self.ended[b].append(Hypothesis(prefix + [eos_id], s, s / length_penalty(self.t + 1, alpha)))
+
+    def check_done(self, bound: Tensor, K: int) -> None:
+        """A source is done once it has K ended hypotheses and no live beam can beat the worst of them."""
+        for b, done in enumerate(self.done):
+            if not done and len(self.ended[b]) >= K:
+                worst = sorted(h.score for h in self.ended[b])[-K]
+                self.done[b] = float(bound[b]) <= worst
+
+    def finish(self, K: int, alpha: float) -> list[list[Hypothesis]]:
+        """Beams still alive at max_len end there; each source's K best hypotheses, best first."""
+        for b, done in enumerate(self.done):
+            if not done:
+                for k in range(K):
+                    s = float(self.scores[b, k])
+                    if s > float("-inf"):
+                        toks = self.ys[b * K + k, 1 : self.t + 1].tolist()
+                        self.ended[b].append(Hypothesis(toks, s, s / length_penalty(len(toks), alpha)))
+        return [sorted(h, key=lambda x: -x.score)[:K] for h in self.ended]
 
 
 @torch.inference_mode()
@@ -153,49 +179,31 @@ def beam_search(
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, d_model)
     src_mask = src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
     cache = model.new_cache(max_len + 1) if use_cache else None
-    ys = torch.full((B * K, 1), bos_id, dtype=torch.long, device=dev)  # (B*K, t)
+    ys = torch.full((B * K, max_len + 1), model.cfg.pad_id, dtype=torch.long, device=dev)  # (B*K, 1 + max_len)
+    ys[:, 0] = bos_id
     scores = torch.full((B, K), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    ended: list[list[Hypothesis]] = [[] for _ in range(B)]
-    done = [False] * B
+    state = _Beams(ys, scores, [[] for _ in range(B)], [False] * B)
     base = (torch.arange(B, device=dev) * K)[:, None]  # (B, 1)
-    for step in range(1, max_len + 1):
-        lp = next_log_probs(model, ys, memory, src_mask, cache)  # (B*K, V)
+    first_k = torch.arange(2 * K, device=dev) < K  # (2K,)
+    while state.t < max_len and not all(state.done):
+        lp = next_log_probs(model, state.ys[:, : state.t + 1], memory, src_mask, cache)  # (B*K, V)
         V = lp.size(-1)
-        cand = (scores[:, :, None] + lp.view(B, K, V)).view(B, K * V)  # (B, K*V)
+        cand = (state.scores[:, :, None] + lp.view(B, K, V)).view(B, K * V)  # (B, K*V)
         top_scores, top_idx = cand.topk(2 * K, dim=-1)  # (B, 2K): at most K of them end in <eos>
         origin, tok = top_idx // V, top_idx % V  # (B, 2K) beam of origin, token
         is_eos = tok == eos_id
         # an <eos> candidate ends a hypothesis only if it ranks among the top K (so beam 1 is greedy)
-        ends = is_eos & torch.isfinite(top_scores) & (torch.arange(2 * K, device=dev) < K)
-        for b in range(B):
-            if done[b]:
-                continue
-            for j in torch.nonzero(ends[b]).flatten().tolist():
-                prefix = ys[base[b, 0] + origin[b, j], 1:].tolist()
-                s = float(top_scores[b, j])
-                ended[b].append(Hypothesis(prefix + [eos_id], s, s / length_penalty(step, alpha)))
-        live = top_scores.masked_fill(is_eos, float("-inf"))
-        scores, pos = live.topk(K, dim=-1)  # (B, K)
+        state.end(is_eos & torch.isfinite(top_scores) & first_k, base + origin, top_scores, eos_id, alpha)
+        state.scores, pos = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=-1)  # (B, K)
         rows = (base + origin.gather(1, pos)).flatten()  # (B*K,) rows of ys to continue
-        ys = torch.cat([ys[rows], tok.gather(1, pos).view(-1, 1)], dim=1)  # (B*K, t+1)
+        state.t += 1
+        state.ys = state.ys[rows]
+        state.ys[:, state.t] = tok.gather(1, pos).flatten()
         if cache is not None:
             cache.reorder(rows)
-        bound = scores[:, 0] / length_penalty(max_len, alpha)  # (B,) best any live beam can reach
-        for b in range(B):
-            if not done[b] and len(ended[b]) >= K:
-                worst = sorted(h.score for h in ended[b])[-K]
-                done[b] = float(bound[b]) <= worst
-        if all(done):
-            break
-    for b in range(B):  # beams still alive at max_len end there
-        if not done[b]:
-            for k in range(K):
-                s = float(scores[b, k])
-                if s > float("-inf"):
-                    toks = ys[b * K + k, 1:].tolist()
-                    ended[b].append(Hypothesis(toks, s, s / length_penalty(len(toks), alpha)))
-    return [sorted(h, key=lambda x: -x.score)[:K] for h in ended]
+        state.check_done(state.scores[:, 0] / length_penalty(max_len, alpha), K)  # best any live beam can reach
+    return state.finish(K, alpha)
 
 
 def sample_next(
@@ -225,7 +233,8 @@ def sample_next(
     if generators is None:
         u = torch.rand(probs.size(0), 1)
     else:
-        u = torch.stack([torch.rand(1, generator=g) for g in generators])  # (B, 1)
+        u = torch.stack([torch.rand(1, generator=g) for g in generators])  # (B, 1), drawn on the CPU
+    u = u.to(cdf.device)  # the same numbers on every device
     tok = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
     return tok.clamp(max=probs.size(-1) - 1)
 
@@ -264,25 +273,13 @@ def generate(
     if L > W:
         raise QkvError(f"the prompt has {L} tokens but the model's context is {W}; shorten the prompt")
     model.eval()
-    seq = torch.full((B, L), pad_id, dtype=torch.long)  # (B, L) grows by one column per step
-    key_mask = torch.zeros(B, L, dtype=torch.bool)
-    for b, p in enumerate(prompts):
-        seq[b, L - len(p) :] = torch.tensor(p)
-        key_mask[b, L - len(p) :] = True
+    device = next(model.parameters()).device
+    seq, key_mask = _left_padded(prompts, pad_id, L + max_new_tokens - 1, device)  # (B, everything ever fed)
     base_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
     generators = [torch.Generator().manual_seed(base_seed) for _ in range(B)]
     cache = model.new_cache(min(W, L + max_new_tokens)) if use_cache else None
-
-    def read(tokens: Tensor, mask: Tensor, cached: DecoderCache | None, new: int) -> Tensor:
-        """Logits (B, V) after feeding the last ``new`` columns of ``tokens`` (all of them without a cache)."""
-        visible, pos = None, None  # no padding: every key visible, default positions
-        if not bool(mask.all()):
-            visible = mask
-            pos = (mask.long().cumsum(1) - 1).clamp(min=0)[:, -new:]  # (B, new): 0 at each row's first real token
-        logits, _ = model.decode(tokens[:, -new:], key_mask=visible, positions=pos, cache=cached, last_only=True)
-        return logits[:, -1]
-
-    logits = read(seq, key_mask, cache, L)  # prefill
+    n = L  # columns of seq filled so far
+    logits = _next_logits(model, seq[:, :n], key_mask[:, :n], cache, L)  # prefill
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     for t in range(max_new_tokens):
@@ -297,11 +294,34 @@ def generate(
             on_step(nxt)
         if all(done) or t == max_new_tokens - 1:
             break
-        seq = torch.cat([seq, nxt[:, None]], dim=1)
-        key_mask = torch.cat([key_mask, torch.ones(B, 1, dtype=torch.bool)], dim=1)
-        if cache is not None and seq.size(1) <= W:
-            logits = read(seq, key_mask, cache, 1)  # one new token on the cache
+        seq[:, n], key_mask[:, n] = nxt, True
+        n += 1
+        if cache is not None and n <= W:
+            logits = _next_logits(model, seq[:, :n], key_mask[:, :n], cache, 1)  # one new token on the cache
         else:  # no cache, or past the context: read the last W tokens afresh
-            cache = None
-            logits = read(seq[:, -W:], key_mask[:, -W:], None, min(seq.size(1), W))
+            cache, lo = None, max(0, n - W)
+            logits = _next_logits(model, seq[:, lo:n], key_mask[:, lo:n], None, n - lo)
     return out
+
+
+def _left_padded(prompts: list[list[int]], pad_id: int, length: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Token ids (B, length) and key mask (B, length) with the prompts right-aligned in the first
+    max-prompt-length columns (left padding) and room after them for the tokens to come."""
+    L = max(len(p) for p in prompts)
+    seq = torch.full((len(prompts), length), pad_id, dtype=torch.long, device=device)
+    key_mask = torch.zeros(len(prompts), length, dtype=torch.bool, device=device)
+    for b, p in enumerate(prompts):
+        seq[b, L - len(p) : L] = torch.tensor(p, device=device)
+        key_mask[b, L - len(p) : L] = True
+    return seq, key_mask
+
+
+def _next_logits(model: Any, tokens: Tensor, mask: Tensor, cache: DecoderCache | None, new: int) -> Tensor:
+    """Logits (B, V) after feeding the last ``new`` columns of ``tokens`` (B, n) (all of them without a
+    cache); ``mask`` (B, n) is True at real tokens."""
+    visible, pos = None, None  # no padding: every key visible, default positions
+    if not bool(mask.all()):
+        visible = mask
+        pos = (mask.long().cumsum(1) - 1).clamp(min=0)[:, -new:]  # (B, new): 0 at each row's first real token
+    logits, _ = model.decode(tokens[:, -new:], key_mask=visible, positions=pos, cache=cache, last_only=True)
+    return logits[:, -1]

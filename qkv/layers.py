@@ -17,6 +17,7 @@ from qkv.attention import KVCache, MultiHeadAttention
 from qkv.linear import Linear
 
 __all__ = [
+    "DecoderCache",
     "Dropout",
     "FeedForward",
     "LayerCache",
@@ -122,14 +123,38 @@ class LayerCache:
     cross_attn: KVCache
 
     @classmethod
-    def empty(cls, capacity: int = 64) -> LayerCache:
-        """A fresh cache for one layer."""
+    def empty(cls, capacity: int | None = None) -> LayerCache:
+        """A fresh cache for one layer, its self-attention preallocated to ``capacity`` positions."""
         return cls(KVCache(capacity), KVCache(static=True))
 
     def reorder(self, index: Tensor) -> None:
         """Keep batch rows ``index`` in both caches."""
         self.self_attn.reorder(index)
         self.cross_attn.reorder(index)
+
+
+class DecoderCache:
+    """The KV caches of a stack of layers for incremental decoding, one :class:`LayerCache` per layer
+    (the Transformer's decoder, a GPT).
+
+    Lifecycle: ``model.new_cache(capacity)`` -> ``model.decode(step_tokens, ..., cache=cache)`` once per
+    step (self-attention K/V appended into buffers preallocated to ``capacity`` positions, cross-attention
+    K/V of the memory computed at the first step only) -> ``reorder(index)`` when beams are re-ranked
+    -> discard.
+    """
+
+    def __init__(self, num_layers: int, capacity: int | None = None) -> None:
+        self.layers = [LayerCache.empty(capacity) for _ in range(num_layers)]
+
+    @property
+    def length(self) -> int:
+        """Number of target positions decoded so far."""
+        return self.layers[0].self_attn.length
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (B',) of every layer's caches."""
+        for layer in self.layers:
+            layer.reorder(index)
 
 
 @dataclass

@@ -12,7 +12,8 @@ Two paths compute the same thing:
 The packed path uses two oneDNN operators that PyTorch registers for its own compiler
 (``torch.ops.mkldnn._reorder_linear_weight`` and ``_linear_pointwise``; private, so
 :func:`packed_linear_available` checks once that they exist and agree with ``F.linear``, and the
-reference path runs if not). The selection rule is one line in :meth:`Linear.forward`.
+reference path runs if not). The selection rule is one condition in :meth:`Linear.rows`, which
+``forward`` calls for all rows and fused projections call for a block of rows.
 
 The packed copy is made on first use, made again when the weight changes — it is another tensor,
 its version counter moved (optimizer steps, ``load_state_dict``, in-place ops) or its storage moved —
@@ -61,21 +62,28 @@ class Linear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias=bias)
-        # (the weight packed, its (version, data_ptr) then, the packed copy)
-        self._packed: tuple[weakref.ref[Tensor], tuple[int, int], Tensor] | None = None
+        # None, or per block of output rows (start, stop): (the weight packed, its (version, data_ptr) then,
+        # the packed copy)
+        self._packed: dict[tuple[int, int], tuple[weakref.ref[Tensor], tuple[int, int], Tensor]] | None = None
 
-    def _packed_weight(self) -> Tensor:
-        """The prepacked copy of the current weight, packed again if the weight is another tensor, was
-        changed in place (its version counter moved) or moved to other storage."""
+    def _packed_weight(self, start: int, stop: int) -> Tensor:
+        """The prepacked copy of rows start..stop-1 of the current weight, packed again if the weight is
+        another tensor, was changed in place (its version counter moved) or moved to other storage."""
         w = self.weight
         state = (w._version, w.data_ptr())
-        if self._packed is None or self._packed[0]() is not w or self._packed[1] != state:
-            self._packed = None  # free the stale copy before making the new one
-            self._packed = (weakref.ref(w), state, torch.ops.mkldnn._reorder_linear_weight(w.detach(), PACK_ROWS))
-        return self._packed[2]
+        if self._packed is None:
+            self._packed = {}
+        kept = self._packed.get((start, stop))
+        if kept is None or kept[0]() is not w or kept[1] != state:
+            self._packed.pop((start, stop), None)  # free the stale copy before making the new one
+            packed = torch.ops.mkldnn._reorder_linear_weight(w.detach()[start:stop].contiguous(), PACK_ROWS)
+            self._packed[(start, stop)] = (weakref.ref(w), state, packed)
+        return self._packed[(start, stop)][2]
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (..., in_features) -> (..., out_features)."""
+    def rows(self, x: Tensor, start: int, stop: int) -> Tensor:
+        """x (..., in_features) -> (..., stop - start): only output rows start..stop-1 of the map (e.g. the
+        W^K, W^V block of a fused attention projection)."""
+        bias = None if self.bias is None else self.bias[start:stop]
         if (
             self.packing
             and not torch.is_grad_enabled()
@@ -83,17 +91,21 @@ class Linear(nn.Linear):
             and x.dtype == self.weight.dtype == torch.float32
             and packed_linear_available()
         ):
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(), self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(start, stop), bias, "none", [], "")
+        return F.linear(x, self.weight[start:stop], bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (..., in_features) -> (..., out_features)."""
+        return self.rows(x, 0, self.out_features)
 
     def train(self, mode: bool = True) -> Linear:
-        """Set training mode; entering it drops the packed copy."""
+        """Set training mode; entering it drops the packed copies."""
         if mode:
             self._packed = None
         return super().train(mode)
 
     def __getstate__(self) -> dict:
-        """Copies and pickles leave the packed weight behind (it is remade on first use)."""
+        """Copies and pickles leave the packed weights behind (they are remade on first use)."""
         state = dict(super().__getstate__())
         state["_packed"] = None
         return state

@@ -1,8 +1,8 @@
 """What defines a run: the training arguments, the model and data sections of each model family, and
 the named recipes behind ``qkv train PRESET``.
 
-A run config has three sections, stored together in ``config.json``: ``model`` (the family's config:
-``TransformerConfig``, ``GPTConfig`` or ``BERTConfig``), ``train`` (``TrainConfig``, shared), and ``task``
+A run config has three sections, stored together in ``config.json``: ``model`` (the family's config,
+whose type names the family: see :mod:`qkv.families`), ``train`` (``TrainConfig``, shared), and ``task``
 (the data: ``TaskConfig`` for translation, ``TextConfig`` for language models).
 """
 
@@ -15,13 +15,10 @@ from qkv.config import check, config_from_dict, config_to_dict, field_names, par
 from qkv.data import TaskConfig
 from qkv.data.lm import TextConfig
 from qkv.errors import QkvError
-from qkv.models import TransformerConfig
-from qkv.models.bert import BERTConfig
-from qkv.models.convs2s import ConvS2SConfig
-from qkv.models.gpt import GPTConfig
-from qkv.models.rnn import RNNConfig
+from qkv.families import TRANSLATION_FAMILIES, Family, family_named, family_of
+from qkv.models import BERTConfig, GPTConfig, TransformerConfig
 
-__all__ = ["DEFAULT_RECIPE", "FAMILIES", "RECIPES", "TRANSLATION_FAMILIES", "RunConfig", "TrainConfig", "recipe"]
+__all__ = ["DEFAULT_RECIPE", "RECIPES", "TRANSLATION_FAMILIES", "RunConfig", "TrainConfig", "recipe"]
 
 SCHEDULES = ("noam", "inverse_sqrt", "cosine", "constant")
 
@@ -76,18 +73,6 @@ class TrainConfig:
         check(self.max_tokens >= 0, s, "max_tokens", self.max_tokens, "must be >= 0 (0 = batch_size sentences)")
 
 
-# family -> (model config class, data config class)
-FAMILIES: dict[str, tuple[type, type]] = {
-    "seq2seq": (TransformerConfig, TaskConfig),
-    "rnn": (RNNConfig, TaskConfig),
-    "cnn": (ConvS2SConfig, TaskConfig),
-    "gpt": (GPTConfig, TextConfig),
-    "bert": (BERTConfig, TextConfig),
-}
-# The encoder–decoder families: the Transformer and its RNN and CNN baselines (same data, decoding, metrics).
-TRANSLATION_FAMILIES = ("seq2seq", "rnn", "cnn")
-
-
 @dataclass
 class RunConfig:
     """Everything that defines a run: the model (whose type names the family), the training, the data."""
@@ -99,7 +84,7 @@ class RunConfig:
     SECTIONS = ("model", "train", "task")
 
     def __post_init__(self) -> None:
-        model_cls, task_cls = FAMILIES[self.family]
+        task_cls = self.spec.task
         if not isinstance(self.task, task_cls):
             raise QkvError(f"a {self.family} model needs a {task_cls.__name__} task section")
         if isinstance(self.task, TaskConfig) and self.task.name == "parallel":
@@ -112,25 +97,28 @@ class RunConfig:
             )
 
     @property
+    def spec(self) -> Family:
+        """The registered family of the model config (:mod:`qkv.families`)."""
+        return family_of(self.model)
+
+    @property
     def family(self) -> str:
-        """'seq2seq' (Transformer), 'rnn', 'cnn', 'gpt' or 'bert'."""
-        for name, (model_cls, _) in FAMILIES.items():
-            if isinstance(self.model, model_cls):
-                return name
-        raise QkvError(f"unknown model config type {type(self.model).__name__}")
+        """The family's name: 'transformer', 'rnn', 'cnn', 'gpt' or 'bert'."""
+        return self.spec.name
 
     def with_family(self, family: str) -> RunConfig:
         """The same training and data with the default model of another translation family (keeping
         ``d_model``, ``max_len`` and the embedding sharing), e.g. the GRU baseline of a Transformer recipe."""
-        if family == self.family:
+        target = family_named(family)
+        if target is self.spec:
             return self
-        if family not in TRANSLATION_FAMILIES or self.family not in TRANSLATION_FAMILIES:
+        if not (target.translation and self.spec.translation):
             raise QkvError(
                 f"cannot switch a {self.family} recipe to family '{family}': "
                 f"only {', '.join(TRANSLATION_FAMILIES)} share their data"
             )
         kept = {k: getattr(self.model, k) for k in ("d_model", "max_len", "share_embeddings", "pad_id")}
-        return RunConfig(model=FAMILIES[family][0](**kept), train=self.train, task=self.task)
+        return RunConfig(model=target.config(**kept), train=self.train, task=self.task)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as stored in config.json."""
@@ -139,14 +127,11 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         """Inverse of :meth:`to_dict`."""
-        family = data.get("family", "seq2seq")
-        if family not in FAMILIES:
-            raise QkvError(f"unknown model family '{family}' in config.json: one of {', '.join(FAMILIES)}")
-        model_cls, task_cls = FAMILIES[family]
+        family = family_named(data.get("family", "transformer"))  # runs from before the rename say "seq2seq"
         return cls(
-            model=config_from_dict(model_cls, data["model"], "model"),
+            model=config_from_dict(family.config, data["model"], "model"),
             train=config_from_dict(TrainConfig, data["train"], "train"),
-            task=config_from_dict(task_cls, data["task"], "task"),
+            task=config_from_dict(family.task, data["task"], "task"),
         )
 
     def with_overrides(self, overrides: list[str], sections: tuple[str, ...] = SECTIONS) -> RunConfig:

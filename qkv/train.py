@@ -1,5 +1,6 @@
-"""Training as importable functions: schedules, the optimizer, one step, and the whole loop — one loop
-for every model family (what differs lives in :mod:`qkv.families`), on one process or under torchrun.
+"""Training: schedules, the optimizer, one step, and the :class:`Trainer` — one loop for every model
+family (what differs lives in the family's training hooks, :mod:`qkv.families`), on one process or
+under torchrun (:mod:`qkv.distributed`).
 
 The paper's recipe (section 5): label-smoothed cross-entropy (ε = 0.1) ignoring padding, Adam
 (β = 0.9/0.98, ε = 1e-9), and the "Noam" schedule
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -36,17 +36,19 @@ from qkv.checkpoint import (
 )
 from qkv.config import replace as replace_section
 from qkv.data import resolve_paths
+from qkv.distributed import Distributed, resolve_device, unwrap
 from qkv.errors import QkvError
-from qkv.families import Family, load_run_tokenizers, make_family
+from qkv.families.base import TrainingHooks
 from qkv.models import count_parameters
 from qkv.objectives import label_smoothed_loss
-from qkv.recipes import DEFAULT_RECIPE, RECIPES, TRANSLATION_FAMILIES, RunConfig, TrainConfig, recipe
+from qkv.recipes import DEFAULT_RECIPE, RECIPES, RunConfig, TrainConfig, recipe
 
 __all__ = [
     "DEFAULT_RECIPE",
     "RECIPES",
     "RunConfig",
     "TrainConfig",
+    "Trainer",
     "label_smoothed_loss",
     "lr_at",
     "make_optimizer",
@@ -138,66 +140,6 @@ def train_step(
     return StepStats(total * world_size / tokens, tokens, lr, grad_norm)
 
 
-def unwrap(model: nn.Module) -> Any:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """ "auto" -> cuda (this rank's GPU) when available, else cpu."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise QkvError("train.device=cuda but no CUDA device is available; use device=cpu or auto")
-    if name in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-@dataclass
-class Distributed:
-    """This process's place in a torchrun job (world_size 1 without torchrun)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def from_env(cls) -> Distributed:
-        """Read torchrun's environment variables."""
-        return cls(
-            int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        )
-
-    @property
-    def main(self) -> bool:
-        """Whether this process writes the run directory and prints."""
-        return self.rank == 0
-
-    def start(self, device: torch.device) -> None:
-        """Join the process group: nccl on GPUs, gloo on CPUs."""
-        if self.world_size > 1 and not torch.distributed.is_initialized():
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-    def barrier(self) -> None:
-        """Wait for every rank."""
-        if self.world_size > 1:
-            torch.distributed.barrier()
-
-    def broadcast_ok(self, ok: bool) -> bool:
-        """Rank 0's verdict (e.g. 'the run directory is usable'), on every rank."""
-        if self.world_size == 1:
-            return ok
-        flag = [ok]
-        torch.distributed.broadcast_object_list(flag, src=0)
-        return bool(flag[0])
-
-    def stop(self) -> None:
-        """Leave the process group."""
-        if self.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
 def _prepare_out_dir(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QkvError(f"{out} already exists and is not empty; resume it with --resume {out} or choose another --out")
@@ -250,7 +192,7 @@ def _resolve_config(cfg: RunConfig | None, out: Path, resume: bool, overrides: l
             raise QkvError(f"{out} is not a qkv run directory (no config.json); check the path")
         return RunConfig.from_dict(read_json(out / "config.json")).with_overrides(overrides, sections=("train",))
     cfg = (cfg or recipe(DEFAULT_RECIPE)).with_overrides(overrides)
-    if cfg.family in TRANSLATION_FAMILIES:
+    if cfg.spec.translation:
         return RunConfig(model=cfg.model, train=cfg.train, task=resolve_paths(cfg.task))
     task = cfg.task
     paths = {k: str(Path(v).expanduser().resolve()) for k in ("path", "valid_path") if (v := getattr(task, k))}
@@ -282,161 +224,212 @@ def train(
             log_fn(msg)
 
     cfg = _resolve_config(cfg, out, resume, overrides or [])
-    tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    device = resolve_device(tc.device, dist.local_rank)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device, dist.local_rank)
     dist.start(device)
     try:
-        return _train(cfg, out, resume, until_step, progress, dist, device, say)
+        return Trainer(cfg, out, resume=resume, dist=dist, device=device, say=say).run(until_step, progress)
     finally:
         dist.stop()
 
 
-def _train(
-    cfg: RunConfig,
-    out: Path,
-    resume: bool,
-    until_step: int | None,
-    progress: bool,
-    dist: Distributed,
-    device: torch.device,
-    say: Any,
-) -> dict[str, Any]:
-    tc = cfg.train
-    if resume and dist.main:
-        recover(out)
-    if not resume:  # rank 0 checks the directory first; nobody writes into an existing run
+class Trainer:
+    """One training run into a run directory: the run's state as fields (step, elapsed time, tokens
+    seen; model, optimizer, data stream), the loop as small named methods. The family's training hooks
+    supply tokenizers, model, batches, loss and evaluation; this class does the rest for every family:
+    the run directory, resuming, data parallelism, the step loop, evaluation, checkpoints, the summary."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out: Path,
+        *,
+        resume: bool = False,
+        dist: Distributed | None = None,
+        device: torch.device | None = None,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.out, self.resume, self.say = out, resume, say
+        self.dist = dist or Distributed()
+        self.device = device or torch.device("cpu")
+        self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
+        self._open_directory()
+        spec = cfg.spec
+        tokenizers = spec.run.load_tokenizers(out) if resume else None
+        self.hooks: TrainingHooks = spec.hooks(spec, cfg, tokenizers, log=say)  # type: ignore[call-arg]
+        self.cfg = RunConfig(model=self.hooks.model_config(), train=cfg.train, task=cfg.task)
+        torch.manual_seed(self.cfg.train.seed)
+        self.core, trained = self.hooks.build(self.cfg.model)
+        self.core.to(self.device)
+        self.optimizer = make_optimizer(trained, self.cfg.train)
+        self.stream = self.hooks.stream()
+        self._restore_or_start()
+        if self.dist.world_size > 1:
+            torch.manual_seed(self.cfg.train.seed + 7919 * self.dist.rank + self.step)  # dropout differs per rank
+        self.model = self.dist.wrap(trained, self.device)
+        self.parameters = count_parameters(self.core)
+
+    def _open_directory(self) -> None:
+        """Resuming: finish or roll back a checkpoint write a kill left halfway. A new run: rank 0 checks
+        the directory first, and nobody writes into an existing run."""
+        if self.resume:
+            if self.dist.main:
+                recover(self.out)
+            return
         error = None
-        if dist.main:
+        if self.dist.main:
             try:
-                _prepare_out_dir(out)
+                _prepare_out_dir(self.out)
             except QkvError as e:
                 error = e
-        if not dist.broadcast_ok(error is None):
-            raise error or QkvError(f"{out} cannot be used as a new run directory")
-    tokenizers = load_run_tokenizers(out, cfg.family) if resume else None
-    family: Family = make_family(cfg, tokenizers, log=say)
-    cfg = RunConfig(model=family.model_config(), train=tc, task=cfg.task)
-    torch.manual_seed(tc.seed)
-    core, trained = family.build(cfg.model)
-    core.to(device)
-    optimizer = make_optimizer(trained, tc)
-    stream = family.stream()
-    step, elapsed, tokens_seen = 0, 0.0, 0
-    if resume:
-        load_weights(core, load_model_tensors(out), str(out / "model.safetensors"))
-        state = load_trainer_state(out, optimizer)
-        step, elapsed, tokens_seen = state["step"], state["elapsed_s"], state["tokens_seen"]
-        stream.load_state_dict(state["data"])
-        if dist.main:
-            _truncate_metrics(out / "metrics.jsonl", step)
-            atomic_write_json(out / "config.json", cfg.to_dict())  # records train overrides (e.g. more steps)
-        say(f"qkv: resuming {out} at step {step}/{tc.steps}")
-    elif dist.main:
-        atomic_write_json(out / "config.json", cfg.to_dict())
-        family.save_tokenizers(out)
-    if dist.world_size > 1:
-        torch.manual_seed(tc.seed + 7919 * dist.rank + step)  # dropout differs per rank
-        model: nn.Module = torch.nn.parallel.DistributedDataParallel(
-            trained, device_ids=[device.index] if device.type == "cuda" else None
+        if not self.dist.broadcast_ok(error is None):
+            raise error or QkvError(f"{self.out} cannot be used as a new run directory")
+
+    def _restore_or_start(self) -> None:
+        """Load weights, optimizer, RNG and data position when resuming; write config and tokenizers when new."""
+        if not self.resume:
+            if self.dist.main:
+                atomic_write_json(self.out / "config.json", self.cfg.to_dict())
+                self.hooks.save_tokenizers(self.out)
+            return
+        load_weights(self.core, load_model_tensors(self.out), str(self.out / "model.safetensors"))
+        state = load_trainer_state(self.out, self.optimizer)
+        self.step, self.elapsed, self.tokens_seen = state["step"], state["elapsed_s"], state["tokens_seen"]
+        self.stream.load_state_dict(state["data"])
+        if self.dist.main:
+            _truncate_metrics(self.out / "metrics.jsonl", self.step)
+            atomic_write_json(self.out / "config.json", self.cfg.to_dict())  # records train overrides (more steps)
+        self.say(f"qkv: resuming {self.out} at step {self.step}/{self.cfg.train.steps}")
+
+    def run(self, until_step: int | None = None, progress: bool = True) -> dict[str, Any]:
+        """Train to ``train.steps`` (or stop resumably after ``until_step``, or at Ctrl-C); returns the summary."""
+        tc, dist = self.cfg.train, self.dist
+        processes = f", {dist.world_size} processes" if dist.world_size > 1 else ""
+        self.say(
+            f"qkv: training a {self.parameters:,}-parameter {self.cfg.family} model on {self.hooks.describe_data()} "
+            f"({self.device}{processes}), run directory {self.out}"
         )
-    else:
-        model = trained
-    n_params = count_parameters(core)
-    what = cfg.task.name if cfg.family in TRANSLATION_FAMILIES else f"text {Path(cfg.task.path or '').name}"
-    say(
-        f"qkv: training a {n_params:,}-parameter {cfg.family} model on {what} ({device}"
-        f"{f', {dist.world_size} processes' if dist.world_size > 1 else ''}), run directory {out}"
-    )
-
-    def checkpoint() -> None:
-        if dist.main:
-            state = {"step": step, "elapsed_s": elapsed, "tokens_seen": tokens_seen, "data": stream.state_dict()}
-            save_checkpoint(out, core, optimizer, state)
-
-    def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
-        return family.loss_sum(m, b, tc.label_smoothing)
-
-    last = min(until_step if until_step is not None else tc.steps, tc.steps)
-    bar = _progress_bar(progress and dist.main, initial=step, total=tc.steps)
-    t_start = time.perf_counter() - elapsed
-    window_t, window_tok = time.perf_counter(), 0
-    per_step = dist.world_size * tc.accum
-    with _StopFlag() as flag:
-        while step < last:
-            batches = [stream.next_batch() for _ in range(per_step)]  # the global batch, same on every rank
-            total_tokens = sum(b.num_target_tokens for b in batches)
-            mine = [b.to(device) for b in batches[dist.rank :: dist.world_size]]
-            stats = train_step(
-                model,
-                optimizer,
-                mine,
-                tc,
-                step + 1,
-                loss_fn=loss_fn,
-                total_tokens=total_tokens,
-                world_size=dist.world_size,
-            )
-            step += 1
-            tokens_seen += total_tokens
-            window_tok += total_tokens
-            elapsed = time.perf_counter() - t_start
-            if bar is not None:
-                now = time.perf_counter()
-                tps = window_tok / max(now - window_t, 1e-9)
-                if now - window_t > 2.0:
-                    window_t, window_tok = now, 0
-                bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{stats.lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
-                bar.update(1)
-            stop_now = dist.broadcast_ok(flag.stop) if dist.world_size > 1 else flag.stop
-            if step % tc.eval_every == 0 or step == last or stop_now:
-                if dist.main:
-                    metrics = family.evaluate(core, "valid")
-                    row = {"step": step, "elapsed_s": round(elapsed, 2), "lr": stats.lr, "train_loss": stats.loss}
-                    row.update({f"valid_{k}": v for k, v in metrics.items() if k != "n" and "signature" not in k})
-                    checkpoint()
-                    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                        f.write(json.dumps(row) + "\n")
-                    msg = f"step {step}: {family.headline(metrics)}"
-                    if bar is not None:
-                        bar.write(msg, file=sys.stderr)
-                    else:
-                        say(msg)
-                dist.barrier()
-                t_start = time.perf_counter() - elapsed  # evaluation time is not training time
-            if stop_now:
-                break
-    if bar is not None:
+        last = min(until_step if until_step is not None else tc.steps, tc.steps)
+        bar = _ProgressBar(progress and dist.main, self.step, tc.steps)
+        t_start = time.perf_counter() - self.elapsed
+        with _StopFlag() as flag:
+            while self.step < last:
+                stats = self.train_one_step()
+                self.elapsed = time.perf_counter() - t_start
+                bar.update(stats)
+                stop_now = dist.broadcast_ok(flag.stop) if dist.world_size > 1 else flag.stop
+                if self.step % tc.eval_every == 0 or self.step == last or stop_now:
+                    self.evaluate_and_save(stats, bar)
+                    t_start = time.perf_counter() - self.elapsed  # evaluation time is not training time
+                if stop_now:
+                    break
         bar.close()
-    if step < tc.steps:
-        say(f"qkv: stopped at step {step}/{tc.steps}; continue with: qkv train --resume {out}")
-        return {"step": step, "stopped": True}
-    summary: dict[str, Any] = {
-        "family": cfg.family,
-        "task": cfg.task.name,
-        "step": step,
-        "parameters": n_params,
-        "train_minutes": round(elapsed / 60, 3),
-        "tokens_seen": tokens_seen,
-        "tokens_per_second": round(tokens_seen / max(elapsed, 1e-9), 1),
-        "device": str(device),
-        "processes": dist.world_size,
-    }
-    if dist.main:
-        split = family.final_split()
-        metrics = family.evaluate(core, split)
-        summary["eval_split"] = split
-        summary.update({("exact_match" if k == "exact_match" else f"{split}_{k}"): v for k, v in metrics.items()})
-        summary[f"{split}_examples"] = summary.pop(f"{split}_n")
-        atomic_write_json(out / "summary.json", summary)
-    dist.barrier()
-    return summary
+        if self.step < tc.steps:
+            self.say(f"qkv: stopped at step {self.step}/{tc.steps}; continue with: qkv train --resume {self.out}")
+            return {"step": self.step, "stopped": True}
+        return self.finish()
+
+    def train_one_step(self) -> StepStats:
+        """One optimizer step on the next global batch (the same on every rank; each trains on its share)."""
+        tc, dist = self.cfg.train, self.dist
+        batches = [self.stream.next_batch() for _ in range(dist.world_size * tc.accum)]
+        total_tokens = sum(b.num_target_tokens for b in batches)
+        mine = [b.to(self.device) for b in batches[dist.rank :: dist.world_size]]
+        stats = train_step(
+            self.model,
+            self.optimizer,
+            mine,
+            tc,
+            self.step + 1,
+            loss_fn=lambda m, b: self.hooks.loss_sum(m, b, tc.label_smoothing),
+            total_tokens=total_tokens,
+            world_size=dist.world_size,
+        )
+        self.step += 1
+        self.tokens_seen += total_tokens
+        return stats
+
+    def evaluate_and_save(self, stats: StepStats, bar: _ProgressBar) -> None:
+        """Rank 0: evaluate on the validation split, checkpoint, log a metrics line; every rank waits."""
+        if self.dist.main:
+            metrics = self.hooks.evaluate(self.core, "valid")
+            row = {"step": self.step, "elapsed_s": round(self.elapsed, 2), "lr": stats.lr, "train_loss": stats.loss}
+            row.update({f"valid_{k}": v for k, v in metrics.items() if k != "n" and "signature" not in k})
+            self.checkpoint()
+            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            bar.write(f"step {self.step}: {self.hooks.headline(metrics)}", self.say)
+        self.dist.barrier()
+
+    def checkpoint(self) -> None:
+        """Save weights, optimizer, RNG and data position as one atomic checkpoint (rank 0)."""
+        if self.dist.main:
+            state = {
+                "step": self.step,
+                "elapsed_s": self.elapsed,
+                "tokens_seen": self.tokens_seen,
+                "data": self.stream.state_dict(),
+            }
+            save_checkpoint(self.out, self.core, self.optimizer, state)
+
+    def finish(self) -> dict[str, Any]:
+        """The summary of a completed run; rank 0 adds the final split's metrics and writes summary.json."""
+        summary: dict[str, Any] = {
+            "family": self.cfg.family,
+            "task": self.cfg.task.name,
+            "step": self.step,
+            "parameters": self.parameters,
+            "train_minutes": round(self.elapsed / 60, 3),
+            "tokens_seen": self.tokens_seen,
+            "tokens_per_second": round(self.tokens_seen / max(self.elapsed, 1e-9), 1),
+            "device": str(self.device),
+            "processes": self.dist.world_size,
+        }
+        if self.dist.main:
+            split = self.hooks.final_split()
+            metrics = self.hooks.evaluate(self.core, split)
+            summary["eval_split"] = split
+            summary.update({("exact_match" if k == "exact_match" else f"{split}_{k}"): v for k, v in metrics.items()})
+            summary[f"{split}_examples"] = summary.pop(f"{split}_n")
+            atomic_write_json(self.out / "summary.json", summary)
+        self.dist.barrier()
+        return summary
 
 
-def _progress_bar(enabled: bool, initial: int, total: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class _ProgressBar:
+    """tqdm's bar with loss, learning rate and tokens/s (over the last ~2 s), or nothing when disabled."""
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
+    def __init__(self, enabled: bool, initial: int, total: int) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr
+            )
+        self.window_t, self.window_tok = time.perf_counter(), 0
+
+    def update(self, stats: StepStats) -> None:
+        """Advance one step."""
+        if self.bar is None:
+            return
+        self.window_tok += stats.tokens
+        now = time.perf_counter()
+        tps = self.window_tok / max(now - self.window_t, 1e-9)
+        if now - self.window_t > 2.0:
+            self.window_t, self.window_tok = now, 0
+        self.bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{stats.lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
+        self.bar.update(1)
+
+    def write(self, message: str, say: Callable[[str], None]) -> None:
+        """Print a line above the bar (or through ``say`` without one)."""
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            say(message)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self.bar is not None:
+            self.bar.close()

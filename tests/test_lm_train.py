@@ -96,7 +96,7 @@ def test_cli_generate_embed_attention_export(tmp_path, text_file):
     res = cli("embed", str(tmp_path / "g"), "x")
     assert res.returncode == 2 and "needs a bert run" in res.stderr and "Traceback" not in res.stderr
     res = cli("translate", str(tmp_path / "g"), "x")
-    assert res.returncode == 2 and "needs a translation (seq2seq, rnn, cnn) run" in res.stderr
+    assert res.returncode == 2 and "needs a translation (transformer, rnn, cnn) run" in res.stderr
     res = cli("generate", str(tmp_path / "g"), "--prompt", "Q€", "--max-new-tokens", "5")
     assert res.returncode == 2 and "not in this model's vocabulary" in res.stderr
     res = cli("generate", str(tmp_path / "g"), "--prompt", "To be, or not to be", "--max-new-tokens", "5")

@@ -11,19 +11,63 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qkv.compare import experiments
-from qkv.compare.report import write_plots, write_report
+from qkv.compare import experiments, report
 from qkv.compare.sizes import SIZES, CompareConfig
 from qkv.errors import QkvError
 
-__all__ = ["EXPERIMENTS", "SIZES", "CompareConfig", "run_comparison"]
+__all__ = ["EXPERIMENTS", "SIZES", "CompareConfig", "Experiment", "Workspace", "run_comparison"]
 
-EXPERIMENTS = ("parallelism", "path_length", "long_range", "scaling", "query_batch", "heads", "translation")
+
+@dataclass(frozen=True)
+class Workspace:
+    """What an experiment may use: the sizes, a directory for its training runs, a log, the Multi30k
+    directory (or None)."""
+
+    cfg: CompareConfig
+    runs: Path
+    log: Callable[[str], None]
+    data: Path | None
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of the comparison: how to run it (results as JSON-ready data), its plot(s)
+    (results, directory -> plot name -> file name) and its report section (results, files -> markdown lines)."""
+
+    run: Callable[[Workspace], dict[str, Any]]
+    plot: Callable[[dict[str, Any], Path], dict[str, str]]
+    section: Callable[[dict[str, Any], dict[str, str]], list[str]]
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "parallelism": Experiment(
+        lambda w: experiments.parallelism(w.cfg), report.plot_parallelism, report.section_parallelism
+    ),
+    "path_length": Experiment(
+        lambda w: experiments.path_length(w.cfg), report.plot_path_length, report.section_path_length
+    ),
+    "long_range": Experiment(
+        lambda w: experiments.long_range(w.cfg), report.plot_long_range, report.section_long_range
+    ),
+    "scaling": Experiment(
+        lambda w: experiments.scaling(w.cfg, w.runs, w.log), report.plot_scaling, report.section_scaling
+    ),
+    "query_batch": Experiment(
+        lambda w: experiments.query_batch(w.cfg), report.plot_query_batch, report.section_query_batch
+    ),
+    "heads": Experiment(lambda w: experiments.heads(w.cfg), report.plot_heads, report.section_heads),
+    "translation": Experiment(
+        lambda w: experiments.translation(w.cfg, w.runs, w.log, w.data),
+        report.plot_translation,
+        report.section_translation,
+    ),
+}
 
 
 def _environment() -> str:
@@ -49,24 +93,15 @@ def run_comparison(
         name, cfg = sizes, SIZES[sizes]
     else:
         name, cfg = "custom", sizes
-    chosen = EXPERIMENTS if only is None else only
+    chosen = tuple(EXPERIMENTS) if only is None else only
     unknown = [e for e in chosen if e not in EXPERIMENTS]
     if unknown:
         raise QkvError(f"unknown experiment {unknown[0]!r}: choose from {', '.join(EXPERIMENTS)}")
-    data = None
-    if multi30k is not None:
-        data = Path(multi30k).expanduser().resolve()
-        missing = [
-            f
-            for f in ("train.de", "train.en", "val.de", "val.en", "test_2016_flickr.de", "test_2016_flickr.en")
-            if not (data / f).is_file()
-        ]
-        if missing:
-            raise QkvError(f"--multi30k {data} lacks {', '.join(missing)}; give the directory holding Multi30k's files")
+    data = None if multi30k is None else _multi30k_dir(multi30k)
     if (out / "results.json").exists():
         raise QkvError(f"{out} already holds a comparison; choose another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
-    runs = out / "runs"
+    workspace = Workspace(cfg, out / "runs", log, data)
     results: dict[str, Any] = {
         "sizes_name": name,
         "sizes": _jsonable(cfg),
@@ -77,20 +112,25 @@ def run_comparison(
     for exp in chosen:
         log(f"qkv compare: {exp} ...")
         t0 = time.perf_counter()
-        if exp == "scaling":
-            results[exp] = experiments.scaling(cfg, runs, log)
-        elif exp == "translation":
-            results[exp] = experiments.translation(cfg, runs, log, data)
-        else:
-            results[exp] = getattr(experiments, exp)(cfg)
+        results[exp] = EXPERIMENTS[exp].run(workspace)
         results["minutes"][exp] = (time.perf_counter() - t0) / 60
         log(f"qkv compare: {exp} done in {results['minutes'][exp]:.1f} min")
     results["minutes"]["total"] = (time.perf_counter() - start) / 60
-    files = write_plots(results, out)
+    files = report.write_plots(results, out, {k: e.plot for k, e in EXPERIMENTS.items()})
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    report = write_report(results, files, out)
-    log(f"qkv compare: wrote {report}, {len(files)} plots and {out / 'results.json'}")
+    path = report.write_report(results, files, out, {k: e.section for k, e in EXPERIMENTS.items()})
+    log(f"qkv compare: wrote {path}, {len(files)} plots and {out / 'results.json'}")
     return results
+
+
+def _multi30k_dir(multi30k: Path | str) -> Path:
+    """The Multi30k directory, checked to hold the six files experiment g reads."""
+    data = Path(multi30k).expanduser().resolve()
+    names = ("train.de", "train.en", "val.de", "val.en", "test_2016_flickr.de", "test_2016_flickr.en")
+    missing = [f for f in names if not (data / f).is_file()]
+    if missing:
+        raise QkvError(f"--multi30k {data} lacks {', '.join(missing)}; give the directory holding Multi30k's files")
+    return data
 
 
 def _jsonable(cfg: CompareConfig) -> dict[str, Any]:

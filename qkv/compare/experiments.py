@@ -26,8 +26,10 @@ from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qkv.attention import attention_per_query, attention_reference, scaled_dot_product_attention
-from qkv.compare.probes import FAMILIES, ProbeModel, count, probe_layer, seeded
+from qkv.compare.probes import FAMILIES, ProbeModel, probe_layer, seeded
 from qkv.compare.sizes import CompareConfig
+from qkv.families import TRANSLATION_FAMILIES
+from qkv.models import count_parameters
 
 __all__ = [
     "heads",
@@ -77,7 +79,7 @@ def parallelism(cfg: CompareConfig) -> dict[str, Any]:
             "rnn": list(cfg.lengths),
             "cnn": [1] * len(cfg.lengths),
         },
-        "parameters": {f: count(layer) for f, layer in layers.items()},
+        "parameters": {f: count_parameters(layer) for f, layer in layers.items()},
     }
 
 
@@ -172,7 +174,7 @@ def long_range(cfg: CompareConfig) -> dict[str, Any]:
         for f in FAMILIES:
             torch.manual_seed(cfg.seed)
             model = ProbeModel(f, V, V, cfg.long_d, cfg.long_layers[f], max_len=n)
-            params[f] = count(model)
+            params[f] = count_parameters(model)
             a, s = _train_classifier(model, batch, test, cfg.long_steps, cfg.lr, cfg.seed + D)
             acc[f].append(a)
             seconds[f] += s
@@ -326,7 +328,7 @@ def translation(cfg: CompareConfig, runs: Path, log: Callable[[str], None], data
     else:
         preset, steps, task = cfg.fallback_task, cfg.fallback_steps, []
     results = {}
-    for family in ("seq2seq", "rnn", "cnn"):
+    for family in TRANSLATION_FAMILIES:
         log(f"  training the {family} family on {preset} for {steps} steps")
         overrides = [*task, f"steps={steps}", f"eval_every={steps}", f"warmup={max(1, steps // 6)}"]
         overrides += list(cfg.run_overrides)

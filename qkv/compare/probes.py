@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from qkv.layers import SinusoidalPositionalEncoding, TransformerLayer
 from qkv.models.convs2s import ConvBlock
 
-__all__ = ["FAMILIES", "ConvLayer", "GRULayer", "ProbeModel", "SelfAttentionLayer", "probe_layer"]
+__all__ = ["FAMILIES", "ConvLayer", "GRULayer", "ProbeModel", "SelfAttentionLayer", "probe_layer", "seeded"]
 
 FAMILIES = ("transformer", "rnn", "cnn")
 
@@ -100,11 +100,6 @@ class ProbeModel(nn.Module):
             x = layer(x)
         x = self.norm(x)
         return self.out(x[:, -1] if self.readout == "last" else x)
-
-
-def count(model: nn.Module) -> int:
-    """Trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -14,43 +14,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.config import ConfigBase, check
+from qkv.config import check
 from qkv.errors import QkvError
-from qkv.layers import ACTIVATIONS, Dropout, LayerStack, LayerWeights, LearnedPositionalEmbedding, TransformerLayer
+from qkv.layers import Dropout, LayerStack, LayerWeights, LearnedPositionalEmbedding, TransformerLayer
 from qkv.linear import Linear
+from qkv.models.shared import LanguageModelConfig, check_dropout, check_length
 
 __all__ = ["BERT", "BERTConfig", "BERT_PRESETS", "mean_pool"]
 
 
 @dataclass
-class BERTConfig(ConfigBase):
-    """Shape of a BERT. ``pooler`` keeps the [CLS] pooler of checkpoints that have one."""
+class BERTConfig(LanguageModelConfig):
+    """Shape of a BERT (the shared fields as in :class:`~qkv.models.shared.LanguageModelConfig`).
+    ``pooler`` keeps the [CLS] pooler of checkpoints that have one."""
 
-    vocab_size: int = 0
     max_len: int = 512
-    type_vocab_size: int = 2
-    d_model: int = 768
-    h: int = 12
-    N: int = 12
-    d_ff: int = 3072
     dropout: float = 0.1
-    attention_dropout: float | None = None
-    activation: str = "gelu"
     eps: float = 1e-12
-    pad_id: int = 0
+    type_vocab_size: int = 2
+    d_ff: int = 3072
+    attention_dropout: float | None = None
     pooler: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         s = "model"
-        check(self.vocab_size >= 0, s, "vocab_size", self.vocab_size, "must be >= 0 (0 = from the tokenizer)")
-        check(self.max_len > 0, s, "max_len", self.max_len, "must be a positive integer")
         check(self.type_vocab_size >= 1, s, "type_vocab_size", self.type_vocab_size, "must be >= 1")
-        check(self.d_model > 0 and self.h > 0, s, "d_model", self.d_model, "d_model and h must be positive")
-        check(self.d_model % self.h == 0, s, "d_model", self.d_model, f"must be divisible by model.h={self.h}")
-        check(self.N >= 1, s, "N", self.N, "needs at least one layer")
         check(self.d_ff > 0, s, "d_ff", self.d_ff, "must be a positive integer")
-        check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
-        check(self.activation in ACTIVATIONS, s, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
+        check_dropout(self, "attention_dropout", optional=True)
 
     KIND: ClassVar[str] = "BERT"
 
@@ -125,8 +116,7 @@ class BERT(nn.Module):
     ) -> tuple[Tensor, list[LayerWeights] | None]:
         """ids (B, T) -> hidden states (B, T, d_model), and each layer's weights when asked.
         ``attention_mask`` (B, T) is True (or 1) at real tokens."""
-        if ids.size(1) > self.cfg.max_len:
-            raise QkvError(f"{ids.size(1)} tokens exceed the model's max_len={self.cfg.max_len}; shorten the input")
+        check_length(ids, self.cfg.max_len)
         segments = torch.zeros_like(ids) if token_type_ids is None else token_type_ids
         x = self.positions(self.tok_embed(ids)) + self.segment_embed(segments)
         x = self.dropout(self.embed_norm(x))
@@ -147,7 +137,7 @@ class BERT(nn.Module):
     @classmethod
     def from_hf(cls, directory: str) -> BERT:
         """A BERT with the weights of a Hugging Face BERT directory (config.json + weights)."""
-        from qkv.models.hf import bert_from_hf
+        from qkv.interop.hf import bert_from_hf
 
         return bert_from_hf(directory)
 

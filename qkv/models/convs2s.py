@@ -2,8 +2,8 @@
 
 Gated linear units over a fixed window of ``kernel`` positions, residual connections scaled by √½,
 learned positions, and multi-step attention: every decoder block attends (plain dot product) from its
-output to the encoder output. It has the same interface as :class:`qkv.models.Transformer`, so the
-trainer, decoding and metrics work on it unchanged.
+output to the encoder output. It is an :class:`~qkv.models.translation.EncoderDecoderModel` like the
+Transformer, so the trainer, decoding and metrics work on it unchanged.
 
 Shapes: B batch, S source length, T target length, E embedding width (``d_model``), C channels.
 """
@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.attention import attend
-from qkv.config import ConfigBase, check
+from qkv.config import check
 from qkv.layers import Dropout, LayerWeights, LearnedPositionalEmbedding
 from qkv.linear import Linear
-from qkv.models.transformer import check_length, check_translation_fields, padding_mask, translation_embeddings
+from qkv.models.shared import check_length
+from qkv.models.translation import EncoderDecoderModel, StackedDecoderConfig, padding_mask, translation_embeddings
 
 __all__ = ["ConvBlock", "ConvCache", "ConvS2S", "ConvS2SConfig"]
 
@@ -30,39 +30,21 @@ HALF = math.sqrt(0.5)
 
 
 @dataclass
-class ConvS2SConfig(ConfigBase):
+class ConvS2SConfig(StackedDecoderConfig):
     """Shape of a ConvS2S model: ``d_model`` embedding width, ``channels`` of every convolution,
-    ``N`` encoder blocks (and decoder blocks unless ``N_dec``), an odd ``kernel`` width.
-    ``share_embeddings`` as in :class:`qkv.models.TransformerConfig`."""
+    ``N`` encoder blocks (and decoder blocks unless ``N_dec``), an odd ``kernel`` width; the shared
+    fields as in :class:`~qkv.models.translation.TranslationConfig`."""
 
     d_model: int = 256
-    channels: int = 256
-    N: int = 6
-    N_dec: int | None = None
-    kernel: int = 3
     dropout: float = 0.2
-    max_len: int = 256
-    share_embeddings: str = "decoder"
-    src_vocab_size: int = 0
-    tgt_vocab_size: int = 0
-    pad_id: int = 0
-
-    KIND: ClassVar[str] = "model"
+    channels: int = 256
+    kernel: int = 3
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         s = "model"
-        check(self.d_model > 0, s, "d_model", self.d_model, "must be a positive integer")
         check(self.channels > 0, s, "channels", self.channels, "must be a positive integer")
-        check(self.N >= 1, s, "N", self.N, "needs at least one block")
-        check(self.N_dec is None or self.N_dec >= 1, s, "N_dec", self.N_dec, "needs at least one block")
         check(self.kernel >= 3 and self.kernel % 2 == 1, s, "kernel", self.kernel, "must be an odd integer >= 3")
-        check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
-        check_translation_fields(self)
-
-    @property
-    def decoder_layers(self) -> int:
-        """Number of decoder blocks."""
-        return self.N if self.N_dec is None else self.N_dec
 
     @classmethod
     def presets(cls) -> dict[str, ConvS2SConfig]:
@@ -120,7 +102,7 @@ class ConvCache:
         self.history = [None if h is None else h.index_select(0, index) for h in self.history]
 
 
-class ConvS2S(nn.Module):
+class ConvS2S(EncoderDecoderModel):
     """Convolutional encoder–decoder: embeddings + learned positions, ``N`` GLU blocks per side, multi-step
     dot-product attention in every decoder block, output projection tied to the target embedding."""
 
@@ -191,12 +173,6 @@ class ConvS2S(nn.Module):
             cache.length = offset + tgt.size(1)
         return self.generator(self.dropout(self.dec_out(x))), weights  # (B, T, V)
 
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Teacher-forced logits (B, T, V) for source (B, S) and shifted target input (B, T)."""
-        memory, src_mask, _ = self.encode(src)
-        logits, _ = self.decode(tgt, memory, src_mask)
-        return logits
-
-    def new_cache(self, capacity: int = 64) -> ConvCache:
+    def new_cache(self, capacity: int | None = None) -> ConvCache:
         """An empty decoder cache (``capacity`` is unused: each block keeps kernel-1 positions)."""
         return ConvCache(len(self.decoder))

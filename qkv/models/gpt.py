@@ -13,42 +13,28 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from qkv.config import ConfigBase, check
+from qkv.config import check
 from qkv.errors import QkvError
-from qkv.layers import ACTIVATIONS, Dropout, LayerStack, LayerWeights, LearnedPositionalEmbedding, TransformerLayer
+from qkv.layers import DecoderCache, Dropout, LayerStack, LayerWeights, LearnedPositionalEmbedding, TransformerLayer
 from qkv.linear import Linear
-from qkv.models.transformer import DecoderCache
+from qkv.models.shared import LanguageModelConfig, check_length
 
 __all__ = ["GPT", "GPT_PRESETS", "GPTConfig"]
 
 
 @dataclass
-class GPTConfig(ConfigBase):
-    """Shape of a GPT. ``d_ff=0`` means 4·d_model; ``max_len`` is the context (block) size."""
+class GPTConfig(LanguageModelConfig):
+    """Shape of a GPT (the shared fields as in :class:`~qkv.models.shared.LanguageModelConfig`).
+    ``d_ff=0`` means 4·d_model; ``max_len`` is the context (block) size."""
 
-    vocab_size: int = 0
-    max_len: int = 1024
-    d_model: int = 768
-    h: int = 12
-    N: int = 12
-    d_ff: int = 0
-    dropout: float = 0.0
     activation: str = "gelu_tanh"
-    eps: float = 1e-5
+    d_ff: int = 0
     init_std: float = 0.0
-    pad_id: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         s = "model"
-        check(self.vocab_size >= 0, s, "vocab_size", self.vocab_size, "must be >= 0 (0 = from the tokenizer)")
-        check(self.max_len > 0, s, "max_len", self.max_len, "must be a positive integer")
-        check(self.d_model > 0 and self.h > 0, s, "d_model", self.d_model, "d_model and h must be positive")
-        check(self.d_model % self.h == 0, s, "d_model", self.d_model, f"must be divisible by model.h={self.h}")
-        check(self.N >= 1, s, "N", self.N, "needs at least one layer")
         check(self.d_ff >= 0, s, "d_ff", self.d_ff, "must be >= 0 (0 = 4·d_model)")
-        check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
-        check(self.activation in ACTIVATIONS, s, "activation", self.activation, f"one of {', '.join(ACTIVATIONS)}")
-        check(self.eps > 0, s, "eps", self.eps, "must be > 0")
         check(self.init_std >= 0, s, "init_std", self.init_std, "must be >= 0 (0 = √(2 / (5·d_model)))")
 
     @property
@@ -129,11 +115,7 @@ class GPT(nn.Module):
         query; ``positions`` (B, T) gives their position ids; with a ``cache`` only new tokens are fed.
         """
         offset = 0 if cache is None else cache.length
-        if offset + idx.size(1) > self.cfg.max_len:
-            raise QkvError(
-                f"{offset + idx.size(1)} tokens exceed the model's context of {self.cfg.max_len}; "
-                "use a shorter prompt or fewer new tokens"
-            )
+        check_length(idx, self.cfg.max_len, offset, fix="use a shorter prompt or fewer new tokens")
         x = self.dropout(self.positions(self.tok_embed(idx), offset, positions))  # (B, T, d_model)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
         x, weights = self.blocks(
@@ -147,13 +129,13 @@ class GPT(nn.Module):
         """Next-token logits (B, T, V) for idx (B, T)."""
         return self.decode(idx)[0]
 
-    def new_cache(self, capacity: int = 64) -> DecoderCache:
-        """An empty KV cache for incremental decoding."""
-        return DecoderCache(len(self.blocks.layers), capacity)
+    def new_cache(self, capacity: int | None = None) -> DecoderCache:
+        """An empty KV cache for up to ``capacity`` positions (default: the context, ``max_len``)."""
+        return DecoderCache(len(self.blocks.layers), capacity or self.cfg.max_len)
 
     @classmethod
     def from_hf(cls, directory: str) -> GPT:
         """A GPT with the weights of a Hugging Face GPT-2 directory (config.json + weights)."""
-        from qkv.models.hf import gpt_from_hf
+        from qkv.interop.hf import gpt_from_hf
 
         return gpt_from_hf(directory)

@@ -1,8 +1,9 @@
 """The RNN baseline: a GRU encoder–decoder with additive attention (Bahdanau et al., 2015).
 
-It has the same interface as :class:`qkv.models.Transformer` (``encode``, ``decode`` with a cache,
-``new_cache``, ``forward``), so the trainer, decoding, metrics and ``qkv translate/evaluate`` work on it
-unchanged. The decoder is sequential by nature: step t needs the state of step t-1.
+It is an :class:`~qkv.models.translation.EncoderDecoderModel` like the Transformer (``encode``,
+``decode`` with a cache, ``new_cache``, ``forward``), so the trainer, decoding, metrics and
+``qkv translate/evaluate`` work on it unchanged.
+The decoder is sequential by nature: step t needs the state of step t-1.
 
 Shapes: B batch, S source length, T target length, E embedding width (``d_model``), Hd hidden width.
 """
@@ -10,46 +11,37 @@ Shapes: B batch, S source length, T target length, E embedding width (``d_model`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from qkv.attention import additive_attention
-from qkv.config import ConfigBase, check
+from qkv.config import check
 from qkv.layers import Dropout, LayerWeights
 from qkv.linear import Linear
-from qkv.models.transformer import check_length, check_translation_fields, padding_mask, translation_embeddings
+from qkv.models.shared import check_length
+from qkv.models.translation import EncoderDecoderModel, TranslationConfig, padding_mask, translation_embeddings
 
 __all__ = ["RNNCache", "RNNConfig", "RNNSeq2Seq"]
 
 
 @dataclass
-class RNNConfig(ConfigBase):
+class RNNConfig(TranslationConfig):
     """Shape of the GRU encoder–decoder: ``d_model`` embedding width, ``hidden`` the decoder state
-    (the bidirectional encoder has ``hidden // 2`` units per direction), ``N`` encoder layers.
-    ``share_embeddings`` as in :class:`qkv.models.TransformerConfig`."""
+    (the bidirectional encoder has ``hidden // 2`` units per direction), ``N`` encoder layers; the
+    shared fields as in :class:`~qkv.models.translation.TranslationConfig`."""
 
     d_model: int = 256
-    hidden: int = 512
     N: int = 1
     dropout: float = 0.3
-    max_len: int = 256
-    share_embeddings: str = "decoder"
-    src_vocab_size: int = 0
-    tgt_vocab_size: int = 0
-    pad_id: int = 0
-
-    KIND: ClassVar[str] = "model"
+    hidden: int = 512
 
     def __post_init__(self) -> None:
-        s = "model"
-        check(self.d_model > 0, s, "d_model", self.d_model, "must be a positive integer")
-        check(self.hidden > 0 and self.hidden % 2 == 0, s, "hidden", self.hidden, "must be a positive even integer")
-        check(self.N >= 1, s, "N", self.N, "needs at least one layer")
-        check(0.0 <= self.dropout < 1.0, s, "dropout", self.dropout, "must be in [0, 1)")
-        check_translation_fields(self)
+        super().__post_init__()
+        check(
+            self.hidden > 0 and self.hidden % 2 == 0, "model", "hidden", self.hidden, "must be a positive even integer"
+        )
 
     @classmethod
     def presets(cls) -> dict[str, RNNConfig]:
@@ -76,7 +68,7 @@ class RNNCache:
             self.state, self.keys = self.state.index_select(0, index), self.keys.index_select(0, index)
 
 
-class RNNSeq2Seq(nn.Module):
+class RNNSeq2Seq(EncoderDecoderModel):
     """Bidirectional GRU encoder; GRU decoder that attends (additively) to the encoder states before
     each step: a_t = softmax(vᵀ tanh(W s_{t-1} + U h_j)), c_t = Σ a_tj h_j, s_t = GRU([y_{t-1}; c_t], s_{t-1}),
     logits = W_g · W_o [s_t; c_t; y_{t-1}] (W_g tied to the target embedding)."""
@@ -152,12 +144,6 @@ class RNNSeq2Seq(nn.Module):
         weights = [LayerWeights(None, torch.cat(rows, dim=1)[:, None])] if need_weights else None  # (B, 1, T, S)
         return self.generator(hidden), weights  # (B, T, V)
 
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Teacher-forced logits (B, T, V) for source (B, S) and shifted target input (B, T)."""
-        memory, src_mask, _ = self.encode(src)
-        logits, _ = self.decode(tgt, memory, src_mask)
-        return logits
-
-    def new_cache(self, capacity: int = 64) -> RNNCache:
+    def new_cache(self, capacity: int | None = None) -> RNNCache:
         """An empty decoder state (``capacity`` is unused: the state has a fixed size)."""
         return RNNCache()

@@ -89,7 +89,7 @@ def attention_maps(run: Any, text: str, *, target: str | None = None, beam: int 
         produced = hyp.tokens
     else:
         produced = tgt_tok.encode(target) + [tgt_tok.eos_id]
-    tgt_in = torch.tensor([[tgt_tok.bos_id] + produced[:-1]])  # (1, T): what the decoder read at each step
+    tgt_in = torch.tensor([[tgt_tok.bos_id] + produced[:-1]], device=src.device)  # (1, T): what the decoder read
     memory, src_mask, enc_w = model.encode(src, need_weights=True)
     _, dec_w = model.decode(tgt_in, memory, src_mask, need_weights=True)
     src_labels = _labels(src_tok, src[0].tolist())
@@ -105,7 +105,7 @@ def attention_maps(run: Any, text: str, *, target: str | None = None, beam: int 
         keys={"enc": src_labels, "dec": in_labels, "cross": src_labels},
         source=text,
         output=tgt_tok.decode(produced),
-        meta={"family": "seq2seq", "steps": len(produced)},
+        meta={"family": run.config.family, "steps": len(produced)},
     )
 
 
@@ -120,7 +120,7 @@ def lm_attention_maps(run: Any, text: str) -> AttentionMaps:
         _, weights = model.encode(ids, mask, need_weights=True)
         output = ""
     else:
-        ids = torch.tensor([run.encode_prompt(text)])
+        ids = torch.tensor([run.encode_prompt(text)], device=run.device)
         logits, weights = model.decode(ids, need_weights=True)
         output = tok.decode_all([int(logits[0, -1].argmax())])
     labels = _labels(tok, ids[0].tolist())

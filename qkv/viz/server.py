@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qkv.errors import QkvError
+from qkv.models import Transformer
 
 __all__ = ["create_app", "serve"]
 
@@ -111,16 +112,17 @@ def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, m
 
         return handler
 
+    translation = run.config.spec.translation
+
     async def info(request: Request) -> JSONResponse:
-        cfg, family = run.config.model, run.config.family
+        cfg = run.config.model
         layers = (
-            {"enc": cfg.N, "dec": cfg.decoder_layers, "cross": cfg.decoder_layers}
-            if family == "seq2seq"
-            else {"self": cfg.N}
+            {"enc": cfg.N, "dec": cfg.decoder_layers, "cross": cfg.decoder_layers} if translation else {"self": cfg.N}
         )
         return JSONResponse(
             {
-                "family": family,
+                "family": run.config.family,
+                "translation": translation,
                 "run": run.path.name,
                 "task": run.config.task.name,
                 "layers": layers,
@@ -145,7 +147,7 @@ def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, m
         if not isinstance(beam, int) or not 1 <= beam <= 8:
             return _error(422, "beam must be a whole number from 1 to 8")
         try:
-            maps = run.attention(text, beam=beam) if run.config.family == "seq2seq" else run.attention(text)
+            maps = run.attention(text, beam=beam) if translation else run.attention(text)
         except QkvError as e:
             return _error(422, str(e))
         return JSONResponse(maps.to_dict())
@@ -161,16 +163,15 @@ def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, m
     return GuardMiddleware(app, allowed_hosts(host), max_body)
 
 
-def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Load a run and serve the explorer until Ctrl-C."""
+def serve(run: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the explorer for a loaded run until Ctrl-C."""
     import uvicorn
 
-    from qkv.api import load
-
-    run = load(run_dir)
-    if run.config.family in ("rnn", "cnn"):
-        raise QkvError(f"the explorer shows Transformer attention; {run_dir} is a {run.config.family} baseline run")
+    if run.config.spec.translation and not isinstance(run.model, Transformer):
+        raise QkvError(f"the explorer shows Transformer attention; {run.path} is a {run.config.family} baseline run")
+    if not 0 < port < 65536:
+        raise QkvError(f"--port {port} is not a port number: choose one from 1 to 65535")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"qkv: warning: serving on {host} makes the explorer reachable from other machines")
-    print(f"qkv: attention explorer for {run_dir} at http://{host}:{port}/  (Ctrl-C to stop)")
+    print(f"qkv: attention explorer for {run.path} at http://{host}:{port}/  (Ctrl-C to stop)")
     uvicorn.run(create_app(run, host=host), host=host, port=port, log_level="warning")

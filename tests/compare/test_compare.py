@@ -42,7 +42,7 @@ def test_smoke_run_writes_report_plots_and_results(smoke):
         assert f"({png})" in report  # every plot is shown
     runs = results["translation"]["runs"]
     assert {r["summary"]["parameters"] > 0 for r in runs.values()} == {True}
-    assert set(runs) == {"seq2seq", "rnn", "cnn"}
+    assert set(runs) == {"transformer", "rnn", "cnn"}
     # the per-family runs are ordinary run directories
     assert main(["info", str(smoke / "runs" / "translation-rnn")]) == 0
 

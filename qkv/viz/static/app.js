@@ -20,7 +20,7 @@ async function loadInfo() {
   const res = await fetch("/api/info");
   state.info = await res.json();
   $("run-info").textContent = `run ${state.info.run} · ${state.info.family} · task ${state.info.task} · ${state.info.heads} heads`;
-  if (state.info.family !== "seq2seq") {
+  if (!state.info.translation) {
     $("run").textContent = "Show attention";
     $("beam").hidden = true;
   }

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from qkv.attention import MultiHeadAttention
 from qkv.checkpoint import load_weights
 from qkv.errors import QkvError
 from qkv.models.bert import BERT, BERTConfig
@@ -186,6 +187,7 @@ BERT_LAYER_NAMES = [  # (qkv name, Hugging Face name) inside layer i; Q, K, V ar
     ("norm3.weight", "output.LayerNorm.weight"),
     ("norm3.bias", "output.LayerNorm.bias"),
 ]
+BERT_QKV = ("query", "key", "value")  # Hugging Face's names of W^Q, W^K, W^V inside attention.self
 BERT_MLM_NAMES = [  # outside the "bert." prefix
     ("mlm_dense.weight", "cls.predictions.transform.dense.weight"),
     ("mlm_dense.bias", "cls.predictions.transform.dense.bias"),
@@ -220,9 +222,8 @@ def bert_from_hf(directory: str | Path) -> BERT:
     for i in range(cfg.N):
         a = f"encoder.layer.{i}.attention.self."
         for kind in ("weight", "bias"):  # W^Q, W^K, W^V stacked into the fused projection
-            ours[f"encoder.layers.{i}.self_attn.in_proj.{kind}"] = torch.cat(
-                [s[f"{a}{n}.{kind}"] for n in ("query", "key", "value")]
-            )
+            parts = (s[f"{a}{n}.{kind}"] for n in BERT_QKV)
+            ours[f"encoder.layers.{i}.self_attn.in_proj.{kind}"] = MultiHeadAttention.merge_in_proj(*parts)
     model = BERT(cfg)
     if BERT_MLM_NAMES[0][1] in s:
         ours |= {q: s[h] for q, h in BERT_MLM_NAMES}
@@ -240,9 +241,9 @@ def bert_to_hf(model: BERT) -> tuple[dict[str, Any], dict[str, Tensor]]:
     s = {f"bert.{h}": p[q] for q, h in bert_names(cfg.N, cfg.pooler)} | {h: p[q] for q, h in BERT_MLM_NAMES}
     for i in range(cfg.N):
         for kind in ("weight", "bias"):
-            fused = p[f"encoder.layers.{i}.self_attn.in_proj.{kind}"]
-            for j, n in enumerate(("query", "key", "value")):
-                s[f"bert.encoder.layer.{i}.attention.self.{n}.{kind}"] = fused[j * d : (j + 1) * d]
+            parts = MultiHeadAttention.split_in_proj(p[f"encoder.layers.{i}.self_attn.in_proj.{kind}"])
+            for n, part in zip(BERT_QKV, parts, strict=True):
+                s[f"bert.encoder.layer.{i}.attention.self.{n}.{kind}"] = part
     activation = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[cfg.activation]
     config = {
         "architectures": ["BertForMaskedLM"],

@@ -20,7 +20,7 @@ from qkv.data.bpe import SubwordTokenizer
 from qkv.data.lm import TextConfig
 from qkv.data.vocab import Vocab
 from qkv.errors import QkvError
-from qkv.models.hf import bert_from_hf, bert_to_hf, gpt_from_hf, gpt_to_hf
+from qkv.interop.hf import bert_from_hf, bert_to_hf, gpt_from_hf, gpt_to_hf
 from qkv.recipes import RunConfig, TrainConfig
 
 __all__ = ["convert_from_hf", "export_to_hf"]

@@ -1,0 +1,81 @@
+"""Where training runs: the device, and this process's place in a torchrun job (data parallelism with
+DistributedDataParallel; gloo on CPUs, nccl on GPUs). With one process every method is a no-op."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from qkv.errors import QkvError
+
+__all__ = ["Distributed", "resolve_device", "unwrap"]
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """ "auto" -> cuda (this rank's GPU) when available, else cpu."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise QkvError("train.device=cuda but no CUDA device is available; use device=cpu or auto")
+    if name in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def unwrap(model: nn.Module) -> Any:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (world_size 1 without torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        """Read torchrun's environment variables."""
+        return cls(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        )
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run directory and prints."""
+        return self.rank == 0
+
+    def start(self, device: torch.device) -> None:
+        """Join the process group: nccl on GPUs, gloo on CPUs."""
+        if self.world_size > 1 and not torch.distributed.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The module to train: ``model`` itself, or in a job of several processes its DDP wrapper."""
+        if self.world_size == 1:
+            return model
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def broadcast_ok(self, ok: bool) -> bool:
+        """Rank 0's verdict (e.g. 'the run directory is usable'), on every rank."""
+        if self.world_size == 1:
+            return ok
+        flag = [ok]
+        torch.distributed.broadcast_object_list(flag, src=0)
+        return bool(flag[0])
+
+    def stop(self) -> None:
+        """Leave the process group."""
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

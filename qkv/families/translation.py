@@ -1,0 +1,217 @@
+"""The encoder–decoder families (the Transformer and its RNN and ConvS2S baselines): their training
+hooks, their run class (translate, evaluate, attention), and the metrics they share — teacher-forced
+loss and token accuracy, exact match of the decoded output, sacreBLEU BLEU and chrF.
+
+Shapes: B sentences, S source length, T target length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from qkv.config import replace
+from qkv.data import build_source, encode_pairs, encode_source, read_lines
+from qkv.decode import beam_search, greedy
+from qkv.errors import QkvError
+from qkv.families.base import Run, TrainingHooks, model_device
+from qkv.models import Transformer
+from qkv.objectives import label_smoothed_loss
+
+if TYPE_CHECKING:
+    from qkv.families import Family
+    from qkv.recipes import RunConfig
+    from qkv.viz.maps import AttentionMaps
+
+__all__ = ["TranslationHooks", "TranslationRun", "bleu_scores", "evaluate", "translate_batch"]
+
+
+def translate_batch(
+    model: Any, src: torch.Tensor, tgt_tok: Any, *, beam: int = 1, alpha: float = 0.6, **kw: Any
+) -> list:
+    """The best hypothesis for each source row of src (B, S): greedy when ``beam`` is 1, else beam search."""
+    ids = {"bos_id": tgt_tok.bos_id, "eos_id": tgt_tok.eos_id, **kw}
+    if beam == 1:
+        return greedy(model, src, **ids)
+    return [h[0] for h in beam_search(model, src, beam=beam, alpha=alpha, **ids)]
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any,
+    pairs: list[tuple[str, str]],
+    src_tok: Any,
+    tgt_tok: Any,
+    *,
+    batch_size: int = 128,
+    bleu: bool = False,
+    beam: int = 1,
+) -> dict[str, Any]:
+    """Loss (mean NLL per target token), token accuracy (teacher-forced), exact match of the decoded
+    output (greedy, or beam search), and — with ``bleu`` — sacreBLEU BLEU and chrF on detokenized text."""
+    model.eval()
+    device = model_device(model)
+    nll, correct, tokens = 0.0, 0, 0
+    hyps: list[str] = []
+    pairs = sorted(pairs, key=lambda p: len(p[0]))  # similar lengths share a batch; metrics ignore order
+    for i in range(0, len(pairs), batch_size):
+        b = encode_pairs(pairs[i : i + batch_size], src_tok, tgt_tok).to(device)
+        logits = model(b.src, b.tgt_in)  # (B, T, V)
+        real = b.tgt_out != tgt_tok.pad_id
+        nll += float(label_smoothed_loss(logits, b.tgt_out, 0.0, tgt_tok.pad_id))
+        correct += int(((logits.argmax(-1) == b.tgt_out) & real).sum())
+        tokens += int(real.sum())
+        hyps.extend(tgt_tok.decode(h.tokens) for h in translate_batch(model, b.src, tgt_tok, beam=beam))
+    refs = [t for _, t in pairs]
+    out: dict[str, Any] = {
+        "loss": nll / tokens,
+        "token_accuracy": correct / tokens,
+        "exact_match": sum(h == r for h, r in zip(hyps, refs, strict=True)) / len(pairs),
+        "n": len(pairs),
+    }
+    if bleu:
+        out.update(bleu_scores(hyps, refs))
+    return out
+
+
+def bleu_scores(hyps: list[str], refs: list[str]) -> dict[str, Any]:
+    """sacreBLEU on detokenized text: cased BLEU, lowercased BLEU (-lc), chrF, and their signatures."""
+    import sacrebleu
+
+    cased = sacrebleu.metrics.BLEU()
+    lower = sacrebleu.metrics.BLEU(lowercase=True)
+    chrf = sacrebleu.metrics.CHRF()
+    return {
+        "bleu": cased.corpus_score(hyps, [refs]).score,
+        "bleu_lc": lower.corpus_score(hyps, [refs]).score,
+        "chrf": chrf.corpus_score(hyps, [refs]).score,
+        "bleu_signature": str(cased.get_signature()),
+        "bleu_lc_signature": str(lower.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
+
+
+class TranslationHooks(TrainingHooks):
+    """Translation on a built-in task or parallel text: label-smoothed loss, greedy decoding for the
+    held-out metrics (BLEU on parallel text, exact match on the built-in tasks)."""
+
+    def __init__(
+        self, family: Family, cfg: RunConfig, tokenizers: tuple[Any, ...] | None = None, log: Any = None
+    ) -> None:
+        super().__init__(family, cfg)
+        self.source = build_source(cfg.task, tokenizers, log=log)  # type: ignore[arg-type]
+        self.tokenizers = (self.source.src_tok, self.source.tgt_tok)
+        self.bleu = cfg.task.name == "parallel"
+        self._splits: dict[str, list[tuple[str, str]]] = {}
+
+    def model_config(self) -> Any:
+        src, tgt = self.tokenizers
+        return replace(self.cfg.model, "model", src_vocab_size=len(src), tgt_vocab_size=len(tgt))
+
+    def stream(self) -> Any:
+        tc = self.cfg.train
+        return self.source.stream(tc.batch_size, tc.max_tokens, tc.seed)
+
+    def loss_sum(self, model: nn.Module, batch: Any, eps: float) -> torch.Tensor:
+        return label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out, eps, self.cfg.model.pad_id)
+
+    def split(self, name: str) -> list[tuple[str, str]]:
+        """Held-out text pairs (kept after the first read)."""
+        if name not in self._splits:
+            self._splits[name] = self.source.split(name)
+        return self._splits[name]
+
+    def evaluate(self, core: nn.Module, split: str) -> dict[str, Any]:
+        return evaluate(core, self.split(split), *self.tokenizers, bleu=self.bleu)
+
+    def headline(self, metrics: dict[str, Any]) -> str:
+        shown = f"BLEU {metrics['bleu']:.2f}" if self.bleu else f"exact match {metrics['exact_match']:.4f}"
+        return f"valid loss {metrics['loss']:.4f}, token acc {metrics['token_accuracy']:.4f}, {shown}"
+
+    def final_split(self) -> str:
+        has_test = self.cfg.task.name != "parallel" or self.cfg.task.test_src is not None
+        return "test" if has_test else "valid"
+
+    def describe_data(self) -> str:
+        return self.cfg.task.name
+
+
+@dataclass
+class TranslationRun(Run):
+    """A trained encoder–decoder run: translate, evaluate, attention, info."""
+
+    src_tokenizer: Any = None
+    tgt_tokenizer: Any = None
+
+    TOKENIZER_FILES: ClassVar[tuple[str, ...]] = ("src_tokenizer.json", "tgt_tokenizer.json")
+
+    def encode_source(self, texts: list[str]) -> torch.Tensor:
+        """Source texts -> (B, S) ids with <eos>, on the model's device; a text too long for the model
+        is a QkvError."""
+        limit = self.config.model.max_len - 1
+        for i, text in enumerate(texts):
+            n = len(self.src_tokenizer.encode(text))
+            if n > limit:
+                raise QkvError(
+                    f"input {i + 1} has {n} tokens; this model reads at most {limit}: shorten it or split it"
+                )
+        return encode_source(texts, self.src_tokenizer).to(self.device)
+
+    @torch.no_grad()
+    def translate(
+        self,
+        texts: list[str] | str,
+        *,
+        beam: int = 1,
+        alpha: float = 0.6,
+        max_len: int | None = None,
+        batch_size: int = 64,
+    ) -> list[str]:
+        """Translate texts (greedy when ``beam`` is 1, else beam search); returns one string per text."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        self.model.eval()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
+        out: list[str] = [""] * len(texts)
+        for i in range(0, len(texts), batch_size):
+            idx = order[i : i + batch_size]
+            src = self.encode_source([texts[j] for j in idx])
+            hyps = translate_batch(self.model, src, self.tgt_tokenizer, beam=beam, alpha=alpha, max_len=max_len)
+            for j, h in zip(idx, hyps, strict=True):
+                out[j] = self.tgt_tokenizer.decode(h.tokens)
+        return out
+
+    def evaluate(self, split: str = "test", *, beam: int = 1) -> dict[str, Any]:
+        """Loss, token accuracy, exact match (and BLEU/chrF for translation) on a held-out split."""
+        source = build_source(self.config.task, (self.src_tokenizer, self.tgt_tokenizer))
+        bleu = self.config.task.name == "parallel"
+        return evaluate(self.model, source.split(split), self.src_tokenizer, self.tgt_tokenizer, bleu=bleu, beam=beam)
+
+    def evaluate_files(self, src: str | Path, ref: str | Path, *, beam: int = 1, alpha: float = 0.6) -> dict[str, Any]:
+        """Translate ``src`` (one sentence per line) and score it against ``ref`` with sacreBLEU."""
+        sources, refs = read_lines(src), read_lines(ref)
+        if len(sources) != len(refs):
+            raise QkvError(
+                f"{src} has {len(sources):,} lines but {ref} has {len(refs):,}; they must be aligned line by line"
+            )
+        hyps = self.translate(sources, beam=beam, alpha=alpha)
+        return {"n": len(refs), "beam": beam, **bleu_scores(hyps, refs)}
+
+    def examples(self, split: str, n: int = 5) -> list[tuple[str, str, str]]:
+        """(source, reference, translation) of the first ``n`` pairs of a held-out split."""
+        pairs = build_source(self.config.task, (self.src_tokenizer, self.tgt_tokenizer)).split(split)[:n]
+        hyps = self.translate([s for s, _ in pairs]) if pairs else []
+        return [(s, r, h) for (s, r), h in zip(pairs, hyps, strict=True)]
+
+    def attention(self, text: str, *, target: str | None = None, beam: int = 1) -> AttentionMaps:
+        """Every attention map (encoder, decoder, cross) of the model translating ``text``."""
+        from qkv.viz.maps import attention_maps
+
+        if not isinstance(self.model, Transformer):
+            raise QkvError(
+                f"attention maps are drawn for Transformer runs; {self.path} is a {self.config.family} baseline run"
+            )
+        return attention_maps(self, text, target=target, beam=beam)
