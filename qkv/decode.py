@@ -231,10 +231,10 @@ def sample_next(
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     cdf = probs.cumsum(dim=-1)  # (B, V)
     if generators is None:
-        u = torch.rand(probs.size(0), 1)
+        u = torch.rand(probs.size(0), 1, device="cpu")
     else:
-        u = torch.stack([torch.rand(1, generator=g) for g in generators])  # (B, 1), drawn on the CPU
-    u = u.to(cdf.device)  # the same numbers on every device
+        u = torch.stack([torch.rand(1, generator=g, device=g.device) for g in generators])  # (B, 1)
+    u = u.to(cdf.device)  # drawn on the CPU: the same numbers whatever the model's device
     tok = torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(-1)
     return tok.clamp(max=probs.size(-1) - 1)
 
@@ -275,8 +275,8 @@ def generate(
     model.eval()
     device = next(model.parameters()).device
     seq, key_mask = _left_padded(prompts, pad_id, L + max_new_tokens - 1, device)  # (B, everything ever fed)
-    base_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
-    generators = [torch.Generator().manual_seed(base_seed) for _ in range(B)]
+    base_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, (1,), device="cpu"))
+    generators = [torch.Generator(device="cpu").manual_seed(base_seed) for _ in range(B)]
     cache = model.new_cache(min(W, L + max_new_tokens)) if use_cache else None
     n = L  # columns of seq filled so far
     logits = _next_logits(model, seq[:, :n], key_mask[:, :n], cache, L)  # prefill

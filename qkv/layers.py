@@ -43,7 +43,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if x.device.type != "cpu":
         return F.dropout(x, p, training=True)
     n = x.numel()
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
     r = words.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
     keep = r >= int(-32768 + round(p * 65536))
     return x * (keep * (1.0 / (1.0 - p))).to(x.dtype)

@@ -14,6 +14,7 @@ from qkv.attention import (
     ATTENTION_VARIANTS,
     KVCache,
     MultiHeadAttention,
+    additive_attention,
     attend,
     attention_per_query,
     attention_reference,
@@ -275,3 +276,39 @@ def test_variants_are_one_option_of_multihead_attention(is_causal):
         MultiHeadAttention(16, 4, variant="additive")
     with pytest.raises(ValueError, match="unknown attention variant"):
         attend(q, k, k, variant="cosine")
+
+
+def test_additive_attention_zeroes_fully_masked_rows():
+    """The mask rule of this module holds for additive attention too: a query that may see no key gets
+    zero weights and zero output; the others are untouched by the masked keys."""
+    torch.manual_seed(5)
+    q, k, v, w = torch.randn(2, 3, 8), torch.randn(2, 4, 8), torch.randn(2, 4, 6), torch.randn(8)
+    mask = torch.ones(2, 3, 4, dtype=torch.bool)
+    mask[0, 1] = False  # query 1 of sentence 0 sees nothing
+    mask[1, :, 2:] = False
+    out, weights = additive_attention(q, k, v, w, mask)
+    assert weights[0, 1].abs().sum() == 0 and out[0, 1].abs().sum() == 0
+    torch.testing.assert_close(weights.sum(-1)[mask.any(-1)], torch.ones(5))
+    ref, _ = additive_attention(q[1:], k[1:, :2], v[1:, :2], w)
+    torch.testing.assert_close(out[1:], ref)
+
+
+def test_fused_projection_splits_and_merges_exactly():
+    mha = MultiHeadAttention(16, 4)
+    q, k, v = MultiHeadAttention.split_in_proj(mha.in_proj.weight)
+    assert q.shape == k.shape == v.shape == (16, 16)
+    assert torch.equal(MultiHeadAttention.merge_in_proj(q, k, v), mha.in_proj.weight)
+    x = torch.randn(2, 3, 16)
+    torch.testing.assert_close(mha.in_proj(x)[..., 16:32], F.linear(x, k, mha.in_proj.bias[16:32]))
+
+
+def test_kv_cache_is_allocated_once_at_its_capacity():
+    torch.manual_seed(6)
+    mha = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 9, 16)
+    cache = KVCache(capacity=9)
+    pointers = set()
+    for t in range(9):
+        mha(x[:, t : t + 1], is_causal=True, cache=cache)
+        pointers.add(cache._k.data_ptr())
+    assert len(pointers) == 1 and cache._k.size(-2) == 9 and cache.length == 9

@@ -106,3 +106,13 @@ def test_bad_decoding_arguments():
         beam_search(model, src, beam=0)
     with pytest.raises(QkvError, match="max length"):
         greedy(model, src, max_len=500)
+
+
+def test_decoders_preallocate_the_cache_to_the_longest_target():
+    model, src = make_model(7)
+    asked = []
+    new_cache = model.new_cache
+    model.new_cache = lambda capacity=None: asked.append(capacity) or new_cache(capacity)
+    greedy(model, src, max_len=12)
+    beam_search(model, src, beam=3, max_len=12)
+    assert asked == [13, 13]  # <bos> + 12 tokens: the caches are never reallocated

@@ -98,3 +98,15 @@ def test_a_new_weight_tensor_is_packed_again() -> None:
         lin.load_state_dict({"weight": torch.randn(4, 8), "bias": torch.randn(4)}, assign=True)
         with torch.no_grad():
             torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+
+
+@needs_packing
+def test_a_block_of_rows_equals_the_same_rows_of_the_reference() -> None:
+    torch.manual_seed(1)
+    lin = Linear(16, 48).eval()
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        block = lin.rows(x, 16, 48)
+    assert (16, 48) in lin._packed  # the packed path ran, for that block
+    torch.testing.assert_close(block, F.linear(x, lin.weight[16:48], lin.bias[16:48]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(block, lin(x)[..., 16:48], atol=1e-5, rtol=1e-5)

@@ -97,13 +97,13 @@ def mask_tokens(
     """BERT's masking: select each non-special token with probability ``prob``; of the selected,
     80% become ``mask_id``, 10% a random ``regular`` token, 10% stay. Returns (inputs, labels)."""
     selectable = ~torch.isin(ids, special)
-    selected = (torch.rand(ids.shape, generator=generator) < prob) & selectable
+    selected = (torch.rand(ids.shape, generator=generator, device=ids.device) < prob) & selectable
     labels = torch.where(selected, ids, torch.full_like(ids, IGNORE))
-    roll = torch.rand(ids.shape, generator=generator)
+    roll = torch.rand(ids.shape, generator=generator, device=ids.device)
     inputs = ids.clone()
     inputs[selected & (roll < 0.8)] = mask_id
     swap = selected & (roll >= 0.8) & (roll < 0.9)
-    picks = regular[torch.randint(len(regular), ids.shape, generator=generator)]
+    picks = regular[torch.randint(len(regular), ids.shape, generator=generator, device=ids.device)]
     inputs[swap] = picks[swap]
     return inputs, labels
 
@@ -169,8 +169,9 @@ class MLMStream(WindowStream):
         windows = super().next_batch().idx  # (B, block - 2)
         B = windows.size(0)
         m = self.masking
-        ids = torch.cat([torch.full((B, 1), m["cls"]), windows, torch.full((B, 1), m["sep"])], dim=1)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.count)
+        cls, sep = (torch.full((B, 1), m[k], device=windows.device) for k in ("cls", "sep"))
+        ids = torch.cat([cls, windows, sep], dim=1)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + self.count)
         self.count += 1
         inputs, labels = mask_tokens(
             ids, prob=m["prob"], mask_id=m["mask"], regular=m["regular"], special=m["special"], generator=gen
@@ -206,9 +207,10 @@ class TextSource:
             else:
                 raise QkvError("task.tokenizer=pretrained needs a run converted with `qkv convert --from-hf`")
         self.tokenizer = tokenizer
-        ids = torch.tensor(_encode_all(tokenizer, text), dtype=torch.long)
+        ids = torch.tensor(_encode_all(tokenizer, text), dtype=torch.long, device="cpu")  # data lives on the CPU
         if cfg.valid_path is not None:
-            self.train_ids, self.valid_ids = ids, torch.tensor(_encode_all(tokenizer, read_text(cfg.valid_path)))
+            valid = _encode_all(tokenizer, read_text(cfg.valid_path))
+            self.train_ids, self.valid_ids = ids, torch.tensor(valid, dtype=torch.long, device="cpu")
         else:
             n = int(len(ids) * (1 - cfg.val_fraction))
             self.train_ids, self.valid_ids = ids[:n], ids[n:]
@@ -224,8 +226,8 @@ class TextSource:
         if mask_id is None:
             raise QkvError("this tokenizer has no mask token; a masked LM needs one")
         special = {tok.pad_id, tok.bos_id, tok.eos_id, mask_id} | ({tok.unk_id} if tok.unk_id is not None else set())
-        special_t = torch.tensor(sorted(i for i in special if i is not None))
-        regular = torch.tensor([i for i in range(len(tok)) if i not in special])
+        special_t = torch.tensor(sorted(i for i in special if i is not None), device="cpu")
+        regular = torch.tensor([i for i in range(len(tok)) if i not in special], device="cpu")
         return {
             "cls": tok.bos_id,
             "sep": tok.eos_id,

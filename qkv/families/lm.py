@@ -228,12 +228,12 @@ class BERTRun(LMRun):
         tok = self.tokenizer
         rows = [[tok.bos_id] + ids[: self.max_tokens - 2] + [tok.eos_id] for ids in tok.encode_batch(texts)]
         T = max(len(r) for r in rows)
-        ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), T, dtype=torch.bool)
+        ids = torch.full((len(rows), T), tok.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(rows), T, dtype=torch.bool, device=self.device)
         for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
+            ids[i, : len(r)] = torch.tensor(r, device=self.device)
             mask[i, : len(r)] = True
-        return ids.to(self.device), mask.to(self.device)
+        return ids, mask
 
     @torch.no_grad()
     def embed(self, texts: list[str] | str, *, normalize: bool = False, batch_size: int = 64) -> torch.Tensor:

@@ -59,7 +59,7 @@ def evaluate(
     hyps: list[str] = []
     pairs = sorted(pairs, key=lambda p: len(p[0]))  # similar lengths share a batch; metrics ignore order
     for i in range(0, len(pairs), batch_size):
-        b = encode_pairs(pairs[i : i + batch_size], src_tok, tgt_tok).to(device)
+        b = encode_pairs(pairs[i : i + batch_size], src_tok, tgt_tok, device)
         logits = model(b.src, b.tgt_in)  # (B, T, V)
         real = b.tgt_out != tgt_tok.pad_id
         nll += float(label_smoothed_loss(logits, b.tgt_out, 0.0, tgt_tok.pad_id))
@@ -159,7 +159,7 @@ class TranslationRun(Run):
                 raise QkvError(
                     f"input {i + 1} has {n} tokens; this model reads at most {limit}: shorten it or split it"
                 )
-        return encode_source(texts, self.src_tokenizer).to(self.device)
+        return encode_source(texts, self.src_tokenizer, self.device)
 
     @torch.no_grad()
     def translate(

@@ -78,3 +78,12 @@ def test_never_opens_a_path_named_by_a_request(client, monkeypatch):
     client.post("/api/attention", json={"text": "/etc/passwd"})
     client.post("/api/attention", json={"text": "abc", "file": "/etc/passwd", "url": "http://example.com/"})
     assert not [p for p in opened if "passwd" in p or "example.com" in p]
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1"])
+def test_a_port_out_of_range_is_one_line(tiny_run, capsys, port):
+    from qkv.cli import main
+
+    assert main(["serve", str(tiny_run), "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert "is not a port number" in err and len(err.strip().splitlines()) == 1

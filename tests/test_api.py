@@ -1,0 +1,109 @@
+"""The Python API over every family: ``qkv.load`` returns the registered run class, runs written before
+the family rename still load, and every inference verb makes its tensors on the model's device."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import qkv
+from qkv.families import FAMILIES, TRANSLATION_FAMILIES, family_named, family_of
+from qkv.recipes import RunConfig, recipe
+from qkv.train import train
+
+TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20).strip()
+LM = ["d_model=32", "h=2", "N=2", "max_len=16", "steps=4", "eval_every=4", "batch_size=4", "warmup=2"]
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One tiny run of every family."""
+    root = tmp_path_factory.mktemp("families")
+    text = root / "text.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    tiny = ["d_model=16", "steps=4", "batch_size=8", "warmup=2", "eval_every=4", "task.max_len=6", "dropout=0.0"]
+    tiny += ["valid_size=8", "test_size=8"]
+    out = {}
+    for name in TRANSLATION_FAMILIES:
+        out[name] = root / name
+        train(recipe("reverse").with_family(name), out[name], overrides=tiny, progress=False, log=quiet)
+    for name, preset in (("gpt", "shakespeare-char"), ("bert", "bert-mini")):
+        out[name] = root / name
+        extra = ["d_ff=64", "eval_batches=2"] if name == "bert" else []
+        train(recipe(preset), out[name], overrides=[*LM, *extra, f"task.path={text}"], progress=False, log=quiet)
+    return out
+
+
+def use(run):
+    """Every inference verb of a run, with results as plain data."""
+    if run.config.spec.translation:
+        out = [run.translate(["a b c", "c a"], beam=b) for b in (1, 3)]
+        out.append(run.evaluate("test", beam=2)["token_accuracy"])
+        if run.config.family == "transformer":
+            out.append(run.attention("a b").to_dict())
+        return out
+    out = [run.evaluate()["loss"], run.attention("To be").to_dict()]
+    if run.config.family == "gpt":
+        out.append(run.generate(["To be", "W"], max_new_tokens=6, seed=1))
+        out.append(run.generate("To", max_new_tokens=4, temperature=0))
+    else:
+        out.append(run.embed(["To be", "or not to be"]).tolist())
+    return out
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_load_returns_the_registered_run_class(runs, family):
+    run = qkv.load(runs[family])
+    assert type(run) is FAMILIES[family].run and run.config.family == family
+    assert json.loads((runs[family] / "config.json").read_text())["family"] == family
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_inference_makes_no_tensor_on_the_default_device(runs, family):
+    """With the default device set to 'meta', any tensor made without naming a device has no data and
+    fails; the verbs must give the same results as before, so every tensor follows the model's device."""
+    run = qkv.load(runs[family])
+    expected = use(run)
+    with torch.device("meta"):
+        got = use(run)
+    assert got == expected
+
+
+def test_a_run_from_before_the_rename_still_loads(runs, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(runs["transformer"], old)
+    cfg = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**cfg, "family": "seq2seq"}))
+    a, b = qkv.load(runs["transformer"]), qkv.load(old)
+    assert b.config.family == "transformer" and type(b) is type(a)
+    assert b.translate(["a b c", "b b"], beam=2) == a.translate(["a b c", "b b"], beam=2)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_registry_is_the_one_source(family):
+    spec = FAMILIES[family]
+    assert family_named(family) is spec and family_of(spec.config()) is spec
+    assert spec.translation == (family in TRANSLATION_FAMILIES)
+    assert all(family_named(alias) is spec for alias in spec.aliases)
+    cfg = RunConfig(model=spec.config(), task=spec.task())
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg and cfg.family == family
+
+
+def test_public_model_names():
+    from qkv.models import BERT, GPT, ConvS2S, RNNSeq2Seq, Transformer
+
+    assert {m.__name__ for m in (Transformer, GPT, BERT, RNNSeq2Seq, ConvS2S)} == {
+        "Transformer",
+        "GPT",
+        "BERT",
+        "RNNSeq2Seq",
+        "ConvS2S",
+    }
+    assert callable(GPT.from_hf) and callable(BERT.from_hf)
