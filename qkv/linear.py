@@ -60,8 +60,10 @@ class Linear(nn.Linear):
 
     packing: bool = True
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias=bias)
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, device: torch.device | None = None
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device)
         # None, or per block of output rows (start, stop): (the weight packed, its (version, data_ptr) then,
         # the packed copy)
         self._packed: dict[tuple[int, int], tuple[weakref.ref[Tensor], tuple[int, int], Tensor]] | None = None

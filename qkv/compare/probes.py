@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from qkv.layers import SinusoidalPositionalEncoding, TransformerLayer
+from qkv.linear import Linear
 from qkv.models.convs2s import ConvBlock
 
 __all__ = ["FAMILIES", "ConvLayer", "GRULayer", "ProbeModel", "SelfAttentionLayer", "probe_layer", "seeded"]
@@ -90,7 +91,7 @@ class ProbeModel(nn.Module):
         self.positions = SinusoidalPositionalEncoding(d, max_len)
         self.layers = nn.ModuleList(probe_layer(family, d, heads=heads, kernel=kernel) for _ in range(layers))
         self.norm = nn.LayerNorm(d)
-        self.out = nn.Linear(d, n_out)
+        self.out = Linear(d, n_out)
         self.readout = readout
 
     def forward(self, tokens: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from qkv.config import check
 from qkv.errors import QkvError
@@ -95,6 +96,8 @@ class BERT(nn.Module):
         self.mlm_dense = Linear(d, d)
         self.mlm_norm = nn.LayerNorm(d, eps=cfg.eps)
         self.mlm_bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.mlm_head = skip_init(Linear, d, cfg.vocab_size)  # tied: the token embedding and mlm_bias
+        self.mlm_head.weight, self.mlm_head.bias = self.tok_embed.weight, self.mlm_bias
         self.pooler = Linear(d, d) if cfg.pooler else None
         self._init_weights()
 
@@ -132,7 +135,7 @@ class BERT(nn.Module):
     def mlm_logits(self, hidden: Tensor) -> Tensor:
         """Masked-LM logits (B, T, V) from hidden states."""
         h = self.mlm_norm(F.gelu(self.mlm_dense(hidden)))
-        return F.linear(h, self.tok_embed.weight, self.mlm_bias)
+        return self.mlm_head(h)
 
     @classmethod
     def from_hf(cls, directory: str) -> BERT:
