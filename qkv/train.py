@@ -112,7 +112,7 @@ def train_step(
     The loss is normalised by the number of target tokens in the whole step — ``total_tokens``, all
     ranks together under DistributedDataParallel (which averages gradients over ``world_size``, hence
     the factor) — so accumulation and data parallelism both equal one big batch. ``loss_fn(model,
-    batch)`` gives a batch's summed loss (default: the seq2seq label-smoothed loss).
+    batch)`` gives a batch's summed loss (default: the translation label-smoothed loss).
     """
     core = unwrap(model)
     if loss_fn is None:

@@ -24,7 +24,7 @@ TINY = [
 
 @pytest.fixture
 def tiny_overrides() -> list[str]:
-    """Overrides that make any seq2seq recipe tiny and fast."""
+    """Overrides that make any Transformer translation recipe tiny and fast."""
     return list(TINY)
 
 

@@ -11,7 +11,7 @@ __all__ = ["write_plots", "write_report"]  # and plot_NAME / section_NAME per ex
 LABELS = {"transformer": "Transformer (self-attention)", "rnn": "RNN (GRU)", "cnn": "CNN (ConvS2S block)"}
 RUN_LABELS = {
     "transformer": "Transformer",
-    "seq2seq": "Transformer",
+    "seq2seq": "Transformer",  # results.json written before the family was renamed
     "rnn": "GRU + additive attention",
     "cnn": "ConvS2S",
 }
