@@ -1,7 +1,7 @@
 """The seven experiments of ``qkv compare``; each takes the sizes and returns JSON-ready results.
 
 a ``parallelism``  forward+backward time of one layer of each family against sequence length
-b ``path_length``  fewest layers until the last output depends on the first input (forward-mode AD)
+b ``path_length``  fewest layers until the last output depends on the first input (a directional derivative)
 c ``long_range``   accuracy on "which token stood D positions before the end?" against D
 d ``scaling``      softmax entropy, saturation and gradient at init against d_k; training curves
 e ``query_batch``  one query at a time against all queries as one matrix product
@@ -22,7 +22,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qkv.attention import attention_per_query, attention_reference, scaled_dot_product_attention
@@ -83,6 +82,19 @@ def parallelism(cfg: CompareConfig) -> dict[str, Any]:
     }
 
 
+def push_tangent(layer: nn.Module, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """(f(x), J_f(x) · t): the layer's output and its directional derivative along ``t``, by reverse mode
+    twice. For a cotangent u, g(u) = J_fᵀ u is linear in u, so the gradient of ⟨g(u), t⟩ with respect to u
+    is J_f t — exactly what forward mode gives, without torch's forward-mode machinery."""
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):  # the math kernel has the double backward
+        x = x.detach().requires_grad_(True)
+        y = layer(x)
+        u = torch.zeros_like(y, requires_grad=True)
+        (g,) = torch.autograd.grad(y, x, u, create_graph=True)
+        (jt,) = torch.autograd.grad(g, u, t, allow_unused=True, materialize_grads=True)
+    return y.detach(), jt.detach()
+
+
 def _layers_to_reach(family: str, n: int, kernel: int, d: int, seed: int) -> tuple[int | None, float]:
     """Stack fresh layers one at a time, pushing a tangent at input position 0 forward (float64);
     return the first depth at which the last position's tangent is non-zero, and its norm."""
@@ -93,8 +105,7 @@ def _layers_to_reach(family: str, n: int, kernel: int, d: int, seed: int) -> tup
     max_depth = n if family == "cnn" else 4  # attention and recurrence reach every position in one layer
     for depth in range(1, max_depth + 1):
         layer = probe_layer(family, d, heads=1, kernel=kernel).double()
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # the fused CPU kernel has no forward-mode AD
-            x, t = jvp(layer, (x,), (t,))
+        x, t = push_tangent(layer, x, t)
         norm = float(t[0, -1].norm())
         if norm > 0:
             return depth, norm

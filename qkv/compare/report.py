@@ -251,7 +251,7 @@ def section_path_length(r: dict[str, Any], files: dict[str, str]) -> list[str]:
         "",
         "## b. Path length, measured",
         "",
-        "Layers stacked one at a time (fresh random weights, float64); a forward-mode derivative from input "
+        "Layers stacked one at a time (fresh random weights, float64); a directional derivative (J·t) from input "
         "position 0 tells when the last output first depends on it. Expected: 1 for attention and the GRU, "
         "ceil((n-1) / ((k-1)/2)) for centred kernel-k convolutions.",
         "",

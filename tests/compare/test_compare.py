@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from qkv.cli import main
 from qkv.compare import EXPERIMENTS, SIZES, run_comparison
@@ -93,3 +94,20 @@ def test_an_existing_comparison_is_never_overwritten(tmp_path, capsys):
     assert main(["compare", "--sizes", "smoke", "--only", "query_batch", "--out", str(out)]) != 0
     assert "already holds a comparison" in capsys.readouterr().err
     assert (out / "results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("family", ["transformer", "rnn", "cnn"])
+def test_pushed_tangent_is_the_directional_derivative(family):
+    """push_tangent gives J·t: compared with a central difference in float64."""
+    from qkv.compare.experiments import push_tangent
+    from qkv.compare.probes import probe_layer
+
+    torch.manual_seed(0)
+    layer = probe_layer(family, 8, heads=1, kernel=3).double()
+    x, t = torch.randn(1, 6, 8, dtype=torch.float64), torch.randn(1, 6, 8, dtype=torch.float64)
+    y, jt = push_tangent(layer, x, t)
+    eps = 1e-6
+    with torch.no_grad():
+        fd = (layer(x + eps * t) - layer(x - eps * t)) / (2 * eps)
+        torch.testing.assert_close(y, layer(x))
+    torch.testing.assert_close(jt, fd, atol=1e-7, rtol=1e-6)
