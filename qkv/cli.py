@@ -21,36 +21,47 @@ EXAMPLES = {
     "train": """examples:
   qkv train                                   # the default task (dates), into runs/dates-<time>
   qkv train reverse d_model=64 steps=800 --out runs/rev
+  qkv train reverse d_model=64 --print-config # the resolved configuration, without training
   qkv train --resume runs/rev steps=1200      # continue, optionally with more steps
   qkv train reverse --family rnn --out runs/rev-gru   # the GRU baseline on the same task""",
     "translate": """examples:
   qkv translate runs/rev "hello"
-  echo "the fourth of july nineteen eighty seven" | qkv translate runs/dates --beam 4""",
-    "evaluate": """example:
-  qkv evaluate runs/dates --split test""",
+  echo "the fourth of july nineteen eighty seven" | qkv translate runs/dates --beam 4
+  qkv translate runs/dates -i sentences.txt --json > translations.jsonl""",
+    "evaluate": """examples:
+  qkv evaluate runs/dates --split test
+  qkv evaluate runs/m30k --src test.de --ref test.en --beam 5   # scores on stderr, JSON on stdout""",
     "info": """example:
   qkv info runs/dates""",
     "attention": """examples:
   qkv attention runs/dates "the fourth of july nineteen eighty seven" -o cross.png --kind cross --head all
   qkv attention runs/dates "march third two thousand one" -o enc.svg --kind enc --layer 1 --head mean
-  qkv attention runs/dates "march third two thousand one" -o maps.json   # every map, as numbers""",
+  echo "march third two thousand one" | qkv attention runs/dates -o maps.json   # every map, as numbers""",
     "generate": """examples:
-  qkv generate runs/shakespeare --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --seed 1
-  qkv generate runs/gpt2 --prompt "The Transformer" --prompt "Attention is" --temperature 0""",
+  qkv generate runs/shakespeare "ROMEO:" --max-new-tokens 300 --temperature 0.8 --seed 1
+  qkv generate runs/gpt2 "The Transformer" "Attention is" --temperature 0 --json
+  cat prompt.txt | qkv generate runs/shakespeare      # all of stdin is one prompt""",
     "embed": """examples:
   qkv embed runs/minilm "A man is eating food." "A man is riding a horse." --normalize
   cat sentences.txt | qkv embed runs/minilm --normalize > embeddings.jsonl""",
     "convert": """example:
   qkv convert --from-hf path/to/bert-or-gpt2-directory --out runs/imported""",
     "export": """example:
-  qkv export --to-hf runs/shakespeare --out hf/shakespeare   # then transformers' from_pretrained works""",
+  qkv export runs/shakespeare --out hf/shakespeare   # then transformers' from_pretrained works""",
     "serve": """example:
   qkv serve runs/dates            # then open http://127.0.0.1:8000/""",
     "compare": """examples:
   qkv compare --quick --out runs/compare-quick          # every experiment at toy sizes, <= 10 minutes
   qkv compare --multi30k ../shared/data/multi30k --out runs/compare   # full sizes, translation on Multi30k
   qkv compare --quick --only path_length,query_batch     # some experiments""",
+    "env": """examples:
+  qkv env            # paste into a bug report
+  qkv env --json""",
 }
+OUTPUT_RULE = (
+    "Results go to stdout (text, or JSON / JSON Lines with --json; evaluate, info and embed always print "
+    "JSON); progress, notes and errors go to stderr. Options may come before or after positional arguments."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,20 +74,63 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand."""
-    p = _Parser(prog="qkv", description="qkv: the Transformer from its parts — train, decode, inspect.")
+    """The argument parser for every subcommand; ``qkv --help`` lists each verb's synopsis."""
+    from qkv import __version__
+
+    verbs = {name: verb_parser(name) for name in COMMANDS}
+    epilog = "commands:\n" + "\n".join(f"  {synopsis(p)}" for p in verbs.values()) + "\n\n" + OUTPUT_RULE
+    p = _Parser(
+        prog="qkv",
+        description="qkv: the Transformer from its parts — train, decode, inspect, compare.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"qkv {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name, (_, add_arguments, help_text) in COMMANDS.items():
-        verb = sub.add_parser(
-            name, help=help_text, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter
-        )
-        add_arguments(verb)
+    for name, (_, _, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)  # listed here; parsed by verb_parser(name)
     return p
+
+
+def verb_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one verb (``qkv NAME …``)."""
+    _, add_arguments, help_text = COMMANDS[name]
+    p = _Parser(
+        prog=f"qkv {name}",
+        description=f"{help_text[0].upper()}{help_text[1:]}.",
+        epilog=EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    return p
+
+
+def synopsis(p: argparse.ArgumentParser) -> str:
+    """One line of a verb's arguments, as the README's CLI table writes it (``qkv translate RUN [TEXT …]
+    [-i FILE] [--beam K] …``); hidden options (kept for old spellings) are left out."""
+    parts = [p.prog]
+    for action in p._actions:
+        if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
+            continue
+        meta = action.metavar or (action.dest.upper() if not action.choices else "|".join(action.choices))
+        metas = list(meta) if isinstance(meta, tuple) else [meta]
+        if not action.option_strings:
+            optional = action.nargs in ("*", "?") and not metas[0].startswith("[")
+            parts.append(f"[{metas[0]}{' …' if action.nargs == '*' else ''}]" if optional else metas[0])
+            continue
+        flag = action.option_strings[0]
+        words = flag if action.nargs == 0 else " ".join([flag, *metas])
+        parts.append(words if action.required else f"[{words}]")
+    return " ".join(parts)
 
 
 def _run_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, metavar="RUN", help="a run directory (from qkv train or qkv convert)")
+
+
+def _json_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON Lines instead of text")
 
 
 def add_train_arguments(t: argparse.ArgumentParser) -> None:
@@ -87,7 +141,7 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument(
         "args",
         nargs="*",
-        metavar="[PRESET] [KEY=VALUE ...]",
+        metavar="[PRESET] [KEY=VALUE …]",
         help=f"a preset ({', '.join(RECIPES)}; default dates) then overrides such as d_model=256 train.steps=500",
     )
     for split in ("train", "valid", "test"):
@@ -99,18 +153,21 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
         )
     t.add_argument("--text", type=Path, metavar="FILE", help="a text file for a language model (sets task.path)")
     t.add_argument("--valid-text", type=Path, metavar="FILE", help="validation text (default: the last 10%%)")
-    t.add_argument("--config", type=Path, help="a JSON file with model/train/task sections to override")
+    t.add_argument("--config", type=Path, metavar="FILE", help="a JSON file with model/train/task sections")
     translation = [f for f in FAMILIES.values() if f.translation]
     t.add_argument(
         "--family",
         choices=[name for f in translation for name in (f.name, *f.aliases)],
+        metavar="|".join(f.name for f in translation),
         help="model family for a translation preset (same data, trainer, decoding and metrics): "
         + "; ".join(f"{f.name}: {f.description}" for f in translation),
     )
-    t.add_argument("--out", type=Path, help="run directory to create (default: runs/PRESET-TIME)")
+    t.add_argument("--out", type=Path, metavar="DIR", help="run directory to create (default: runs/PRESET-TIME)")
     t.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN exactly where it stopped")
     t.add_argument("--until-step", type=int, metavar="N", help="stop (resumably) after step N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
+    t.add_argument("--json", action="store_true", help="print the final summary as JSON instead of examples")
 
 
 def add_translate_arguments(tr: argparse.ArgumentParser) -> None:
@@ -118,42 +175,51 @@ def add_translate_arguments(tr: argparse.ArgumentParser) -> None:
     _run_argument(tr)
     tr.add_argument("text", nargs="*", metavar="TEXT", help="texts to translate (default: lines of stdin)")
     tr.add_argument("-i", "--input", type=Path, metavar="FILE", help="translate the lines of FILE")
-    tr.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy, the default)")
-    tr.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty for beam search (default 0.6)")
-    tr.add_argument("--max-len", type=int, help="most target tokens (default 2·source + 10)")
+    tr.add_argument("--beam", type=int, default=1, metavar="K", help="beam width (1 = greedy, the default)")
+    tr.add_argument("--alpha", type=float, default=0.6, metavar="A", help="GNMT length penalty (default 0.6)")
+    tr.add_argument("--max-len", type=int, metavar="N", help="most target tokens (default 2·source + 10)")
+    _json_argument(tr, '{"source", "translation"}')
 
 
 def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     """``qkv evaluate``'s arguments."""
     _run_argument(ev)
-    ev.add_argument("--split", choices=("valid", "test"), default="test", help="held-out split (default test)")
+    ev.add_argument(
+        "--split", choices=("test", "valid"), default="test", metavar="test|valid", help="held-out split (default test)"
+    )
     ev.add_argument("--src", type=Path, metavar="FILE", help="score the translation of FILE instead of a split")
     ev.add_argument("--ref", type=Path, metavar="FILE", help="references for --src, one per line")
-    ev.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
-    ev.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty for beam search")
+    ev.add_argument("--beam", type=int, default=1, metavar="K", help="beam width (1 = greedy)")
+    ev.add_argument("--alpha", type=float, default=0.6, metavar="A", help="GNMT length penalty for beam search")
 
 
 def add_attention_arguments(at: argparse.ArgumentParser) -> None:
     """``qkv attention``'s arguments."""
     _run_argument(at)
-    at.add_argument("text", metavar="TEXT", help="the input sentence")
+    at.add_argument("text", nargs="?", metavar="TEXT", help="the input sentence (default: stdin)")
     at.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="image or JSON file to write")
-    at.add_argument("--kind", help="enc, dec or cross for translation models (default cross); self for GPT/BERT")
-    at.add_argument("--layer", type=int, default=0, help="layer number (default 0)")
-    at.add_argument("--head", default="all", help="a head number, 'mean', or 'all' for a grid (default all)")
-    at.add_argument("--format", choices=("png", "svg", "json"), help="default: from the file name")
-    at.add_argument("--beam", type=int, default=1, help="decode with beam search to draw its translation")
+    at.add_argument(
+        "--kind",
+        metavar="enc|dec|cross|self",
+        help="enc, dec or cross for translation models (default cross); self for GPT/BERT",
+    )
+    at.add_argument("--layer", type=int, default=0, metavar="L", help="layer number (default 0)")
+    at.add_argument("--head", default="all", metavar="H|mean|all", help="a head number, 'mean', or 'all' (a grid)")
+    at.add_argument("--format", choices=("png", "svg", "json"), metavar="png|svg|json", help="default: the file's")
+    at.add_argument("--beam", type=int, default=1, metavar="K", help="decode with beam search to draw its translation")
 
 
 def add_generate_arguments(g: argparse.ArgumentParser) -> None:
     """``qkv generate``'s arguments."""
     _run_argument(g)
-    g.add_argument("--prompt", action="append", required=True, metavar="TEXT", help="text to continue (repeatable)")
-    g.add_argument("--max-new-tokens", type=int, default=200, help="tokens to add (default 200)")
-    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
-    g.add_argument("--top-p", type=float, help="sample among the most likely tokens holding this much probability")
-    g.add_argument("--seed", type=int, help="random seed (the same seed gives the same text)")
+    g.add_argument("prompts", nargs="*", metavar="PROMPT", help="texts to continue (default: all of stdin, one prompt)")
+    g.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a text to continue (repeatable)")
+    g.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="tokens to add (default 200)")
+    g.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
+    g.add_argument("--top-k", type=int, metavar="K", help="sample among the k most likely tokens")
+    g.add_argument("--top-p", type=float, metavar="P", help="sample among the most likely tokens holding mass P")
+    g.add_argument("--seed", type=int, metavar="S", help="random seed (the same seed gives the same text)")
+    _json_argument(g, '{"prompt", "text"}')
 
 
 def add_embed_arguments(em: argparse.ArgumentParser) -> None:
@@ -171,15 +237,16 @@ def add_convert_arguments(cv: argparse.ArgumentParser) -> None:
 
 def add_export_arguments(ex: argparse.ArgumentParser) -> None:
     """``qkv export``'s arguments."""
-    ex.add_argument("--to-hf", type=Path, required=True, metavar="RUN", help="the run to export")
+    _run_argument(ex)
     ex.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to create")
+    ex.add_argument("--format", choices=("hf",), default="hf", metavar="hf", help="hf: Hugging Face (the default)")
 
 
 def add_serve_arguments(sv: argparse.ArgumentParser) -> None:
     """``qkv serve``'s arguments."""
     _run_argument(sv)
-    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--host", default="127.0.0.1", metavar="HOST", help="address to bind (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, metavar="PORT", help="port (default 8000)")
 
 
 def add_compare_arguments(cp: argparse.ArgumentParser) -> None:
@@ -187,7 +254,9 @@ def add_compare_arguments(cp: argparse.ArgumentParser) -> None:
     from qkv.compare import EXPERIMENTS
 
     cp.add_argument("--quick", action="store_true", help="toy sizes: every experiment in <= 10 minutes on 2 cores")
-    cp.add_argument("--sizes", default="full", choices=("full", "quick", "smoke"), help="sizes preset (default full)")
+    cp.add_argument(
+        "--sizes", default="full", choices=("full", "quick", "smoke"), metavar="full|quick|smoke", help="sizes preset"
+    )
     cp.add_argument(
         "--only", metavar="A,B", help=f"comma-separated experiments (default all): {', '.join(EXPERIMENTS)}"
     )
@@ -195,10 +264,15 @@ def add_compare_arguments(cp: argparse.ArgumentParser) -> None:
     cp.add_argument("--out", type=Path, metavar="DIR", help="directory to write (default runs/compare-SIZES-TIME)")
 
 
+def add_env_arguments(en: argparse.ArgumentParser) -> None:
+    """``qkv env``'s arguments."""
+    en.add_argument("--json", action="store_true", help="print the environment as one JSON object")
+
+
 def cmd_train(a: argparse.Namespace) -> int:
-    """``qkv train``: train (or resume) and print example translations."""
+    """``qkv train``: train (or resume) and print example translations, the summary, or the config."""
     from qkv import api
-    from qkv.train import DEFAULT_RECIPE, recipe, train
+    from qkv.train import DEFAULT_RECIPE, recipe, resolve_config, train
 
     preset, overrides = DEFAULT_RECIPE, list(a.args)
     if overrides and "=" not in overrides[0]:
@@ -219,22 +293,27 @@ def cmd_train(a: argparse.Namespace) -> int:
             preset = "shakespeare-char"
     if a.valid_text is not None:
         overrides.append(f"task.valid_path={a.valid_text}")
-    if a.resume is not None:
+    resume = a.resume is not None
+    if resume:
         if a.args and "=" not in a.args[0]:
             raise QkvError("--resume continues a run with its own config: drop the preset (overrides may stay)")
         if a.out is not None:
             raise QkvError("--resume writes into RUN itself: drop --out")
         if family is not None:
             raise QkvError("--resume continues a run with its own model family: drop --family")
-        out = a.resume
-        summary = train(out=out, resume=True, overrides=overrides, until_step=a.until_step, progress=not a.no_progress)
-    else:
-        cfg = recipe(preset) if family is None else recipe(preset).with_family(family)
-        out = a.out or Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-        summary = train(cfg, out, overrides=overrides, until_step=a.until_step, progress=not a.no_progress)
+    cfg = None if resume else recipe(preset) if family is None else recipe(preset).with_family(family)
+    out = a.resume or a.out or Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if a.print_config:
+        print(json.dumps(resolve_config(cfg, out, resume, overrides).to_dict(), indent=2))
+        return 0
+    progress = not a.no_progress
+    summary = train(cfg, out, resume=resume, overrides=overrides, until_step=a.until_step, progress=progress)
     if summary.get("stopped") or "eval_split" not in summary:  # stopped early, or not torchrun's rank 0
         return 0
-    report(api.load(out), summary, out)
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        report(api.load(out), summary, out)
     return 0
 
 
@@ -292,8 +371,13 @@ def config_file_family(path: Path) -> str | None:
     return family
 
 
+def _stdin_lines() -> list[str]:
+    """The non-empty lines of stdin."""
+    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
+
 def cmd_translate(a: argparse.Namespace) -> int:
-    """``qkv translate``: one output line per input text."""
+    """``qkv translate``: one output line per input text (or one JSON line with ``--json``)."""
     from qkv import api
     from qkv.data import read_lines
 
@@ -302,17 +386,17 @@ def cmd_translate(a: argparse.Namespace) -> int:
     if a.input is not None:
         texts = list(a.text) + read_lines(a.input)
     else:
-        texts = a.text if a.text else [line.rstrip("\n") for line in sys.stdin]
+        texts = a.text if a.text else _stdin_lines()
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise QkvError("nothing to translate: give TEXT arguments or lines on stdin")
-    for line in run.translate(texts, beam=a.beam, alpha=a.alpha, max_len=a.max_len):
-        print(line)
+    for text, line in zip(texts, run.translate(texts, beam=a.beam, alpha=a.alpha, max_len=a.max_len), strict=True):
+        print(json.dumps({"source": text, "translation": line}, ensure_ascii=False) if a.json else line)
     return 0
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    """``qkv evaluate``: metrics as one JSON object."""
+    """``qkv evaluate``: metrics as one JSON object on stdout (scores with signatures on stderr for --src)."""
     from qkv import api
 
     run = api.load(a.run)
@@ -325,9 +409,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         raise QkvError("give both --src FILE and --ref FILE, or neither (to use the run's test split)")
     if a.src is not None:
         res = run.evaluate_files(a.src, a.ref, beam=a.beam, alpha=a.alpha)
-        print(f"BLEU {res['bleu']:.2f}  ({res['bleu_signature']})")
-        print(f"BLEU {res['bleu_lc']:.2f}  ({res['bleu_lc_signature']})")
-        print(f"chrF {res['chrf']:.2f}  ({res['chrf_signature']})")
+        for name, key in (("BLEU", "bleu"), ("BLEU", "bleu_lc"), ("chrF", "chrf")):
+            print(f"{name} {res[key]:.2f}  ({res[key + '_signature']})", file=sys.stderr)
         print(json.dumps(res))
         return 0
     print(json.dumps(run.evaluate(a.split, beam=a.beam)))
@@ -348,12 +431,15 @@ def cmd_attention(a: argparse.Namespace) -> int:
     from qkv.viz import save_attention
 
     run = api.load(a.run)
+    text = a.text if a.text is not None else sys.stdin.read().strip()
+    if not text:
+        raise QkvError("nothing to read: give TEXT or a sentence on stdin")
     translation = run.config.spec.translation
-    maps = run.attention(a.text, beam=a.beam) if translation else run.attention(a.text)
+    maps = run.attention(text, beam=a.beam) if translation else run.attention(text)
     kind = a.kind or ("cross" if translation else "self")
     path = save_attention(maps, a.output, kind=kind, layer=a.layer, head=a.head, fmt=a.format)
-    print(f"{maps.source} -> {maps.output}")
-    print(f"wrote {path}")
+    print(f"{maps.source} -> {maps.output}", file=sys.stderr)
+    print(f"qkv: wrote {path}", file=sys.stderr)
     return 0
 
 
@@ -371,26 +457,33 @@ def _need_translation(run: Any, verb: str) -> None:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    """``qkv generate``: stream a continuation of one prompt, or print each of several."""
+    """``qkv generate``: stream the continuation of one prompt, or print each of several (JSON Lines with
+    ``--json``)."""
     from qkv import api
 
     run = api.load(a.run)
     _need(run, "gpt", "generate")
+    prompts = list(a.prompts) + list(a.prompt)
+    if not prompts:
+        prompts = [sys.stdin.read()]
     opts = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
-    if len(a.prompt) == 1:
-        sys.stdout.write(a.prompt[0])
+    if len(prompts) == 1 and not a.json:
+        sys.stdout.write(prompts[0])
         sys.stdout.flush()
 
         def show(piece: str) -> None:
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-        run.generate(a.prompt, on_text=show, **opts)
+        run.generate(prompts, on_text=show, **opts)
         sys.stdout.write("\n")
         return 0
-    for prompt, text in zip(a.prompt, run.generate(a.prompt, **opts), strict=True):
-        print(prompt + text)
-        print("---")
+    for prompt, text in zip(prompts, run.generate(prompts, **opts), strict=True):
+        if a.json:
+            print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False))
+        else:
+            print(prompt + text)
+            print("---")
     return 0
 
 
@@ -400,7 +493,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
     run = api.load(a.run)
     _need(run, "bert", "embed")
-    texts = a.text if a.text else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    texts = a.text if a.text else _stdin_lines()
     if not texts:
         raise QkvError("nothing to embed: give TEXT arguments or lines on stdin")
     for text, vec in zip(texts, run.embed(texts, normalize=a.normalize), strict=True):
@@ -413,16 +506,16 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from qkv.interop import convert_from_hf
 
     out = convert_from_hf(a.from_hf, a.out)
-    print(f"wrote run directory {out}")
+    print(f"qkv: wrote run directory {out}", file=sys.stderr)
     return 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    """``qkv export --to-hf``: a Hugging Face directory of a run."""
+    """``qkv export RUN --out DIR``: a Hugging Face directory of a run."""
     from qkv.interop import export_to_hf
 
-    out = export_to_hf(a.to_hf, a.out)
-    print(f"wrote Hugging Face directory {out}")
+    out = export_to_hf(a.run, a.out)
+    print(f"qkv: wrote Hugging Face directory {out}", file=sys.stderr)
     return 0
 
 
@@ -443,6 +536,15 @@ def cmd_compare(a: argparse.Namespace) -> int:
     only = tuple(x.strip() for x in a.only.split(",")) if a.only else None
     out = a.out or Path("runs") / f"compare-{sizes}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_comparison(out, sizes, multi30k=a.multi30k, only=only)
+    return 0
+
+
+def cmd_env(a: argparse.Namespace) -> int:
+    """``qkv env``: versions, CPU features, threads and devices, for bug reports."""
+    from qkv.env import environment, format_environment
+
+    env = environment()
+    print(json.dumps(env, indent=2) if a.json else format_environment(env))
     return 0
 
 
@@ -467,18 +569,44 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
         "measure Transformer vs RNN vs CNN, scaled vs unscaled, query batch vs per query",
     ),
     "info": (cmd_info, _run_argument, "config, parameters, last metrics"),
+    "env": (cmd_env, add_env_arguments, "versions, CPU features, threads and devices, for bug reports"),
 }
+
+
+# Old spellings that still work: (verb, flag) -> the flag's value becomes the first positional, with a note.
+OLD_SPELLINGS = {("export", "--to-hf"): "`qkv export --to-hf RUN` is now `qkv export RUN --out DIR`"}
+
+
+def _respell(argv: list[str]) -> list[str]:
+    """``qkv VERB --old-flag VALUE …`` -> ``qkv VERB VALUE …`` for the flags in OLD_SPELLINGS."""
+    for (verb, flag), note in OLD_SPELLINGS.items():
+        if argv[:1] == [verb] and flag in argv[1:-1]:
+            i = argv.index(flag)
+            print(f"qkv: note: {note}", file=sys.stderr)
+            return [verb, argv[i + 1], *argv[1:i], *argv[i + 2 :]]
+    return argv
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The verb and its arguments; options may come before or after positional arguments, and ``qkv
+    train`` takes KEY=VALUE overrides anywhere."""
+    argv = _respell(argv)
+    if not argv or argv[0].startswith("-") or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv)  # --help, --version, or a one-line error naming the verbs
+        raise SystemExit(2)  # (parse_args exits in each of those cases)
+    verb = verb_parser(argv[0])
+    args, extra = verb.parse_known_intermixed_args(argv[1:])
+    if argv[0] == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        args.args = list(args.args) + extra
+    elif extra:
+        verb.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.command = argv[0]
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qkv`` console script."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # overrides may come after options (`qkv train --out d steps=5`): argparse leaves them over
-    if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
-        args.args = list(args.args) + extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parse(sys.argv[1:] if argv is None else list(argv))
     try:
         return COMMANDS[args.command][0](args)
     except QkvError as e:

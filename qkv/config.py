@@ -15,7 +15,15 @@ from typing import Any, ClassVar, TypeVar
 
 from qkv.errors import QkvError
 
-__all__ = ["ConfigBase", "check", "config_from_dict", "config_to_dict", "field_names", "parse_override_value"]
+__all__ = [
+    "ConfigBase",
+    "check",
+    "config_from_dict",
+    "config_to_dict",
+    "field_names",
+    "parse_override_value",
+    "unknown_field",
+]
 
 C = TypeVar("C")
 
@@ -35,6 +43,19 @@ def _unknown(name: str, known: list[str], section: str) -> QkvError:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(known)}"
     return QkvError(f"unknown {section} field '{name}': {hint}")
+
+
+def unknown_field(name: str, sections: dict[str, list[str]], section: str | None = None) -> QkvError:
+    """The error for a field ``name`` that no section has (or, with ``section``, that section lacks),
+    suggesting the closest field of any section: ``did you mean 'd_model' (model.d_model)?``."""
+    qualified = {f"{s}.{f}": f for s, fields in sections.items() for f in fields}
+    close = difflib.get_close_matches(name, list(set(qualified.values())), n=1, cutoff=0.6)
+    names = ", ".join(sections)
+    where = f"{section} field '{name}'" if section else f"field '{name}' (no section of {names} has it)"
+    if not close:
+        return QkvError(f"unknown {where}: write KEY=VALUE with a field of {names} (see --print-config)")
+    owners = [q for q, f in qualified.items() if f == close[0]]
+    return QkvError(f"unknown {where}: did you mean '{close[0]}' ({' or '.join(owners)})?")
 
 
 def config_from_dict(cls: type[C], data: dict[str, Any], section: str) -> C:

@@ -11,7 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from qkv.config import check, config_from_dict, config_to_dict, field_names, parse_override_value, replace
+from qkv.config import (
+    check,
+    config_from_dict,
+    config_to_dict,
+    field_names,
+    parse_override_value,
+    replace,
+    unknown_field,
+)
 from qkv.data import TaskConfig
 from qkv.data.lm import TextConfig
 from qkv.errors import QkvError
@@ -142,15 +150,20 @@ class RunConfig:
             if "=" not in item or item.startswith("="):
                 raise QkvError(f"malformed override {item!r}: write KEY=VALUE, e.g. d_model=256 or train.steps=500")
             key, value = item.split("=", 1)
+            fields = {s: field_names(classes[s]) for s in self.SECTIONS}
             if "." in key:
                 section, name = key.split(".", 1)
                 if section not in self.SECTIONS:
                     raise QkvError(f"unknown section '{section}' in {item!r}: use {', '.join(self.SECTIONS)}")
+                if name not in fields[section]:
+                    raise unknown_field(name, fields, section)
             else:
-                owners = [s for s in self.SECTIONS if key in field_names(classes[s])]
+                owners = [s for s in self.SECTIONS if key in fields[s]]
                 if len(owners) > 1:
                     raise QkvError(f"'{key}' is ambiguous: write {' or '.join(f'{s}.{key}' for s in owners)}")
-                section, name = (owners[0] if owners else "train"), key
+                if not owners:
+                    raise unknown_field(key, fields)
+                section, name = owners[0], key
             if section not in sections:
                 raise QkvError(f"{section}.{name} cannot change when resuming; only {', '.join(sections)} can")
             changes[section][name] = parse_override_value(classes[section], name, value, section)

@@ -53,6 +53,7 @@ __all__ = [
     "lr_at",
     "make_optimizer",
     "recipe",
+    "resolve_config",
     "train",
     "train_step",
 ]
@@ -186,7 +187,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write_bytes(path, ("".join(k + "\n" for k in keep)).encode())
 
 
-def _resolve_config(cfg: RunConfig | None, out: Path, resume: bool, overrides: list[str]) -> RunConfig:
+def resolve_config(cfg: RunConfig | None, out: Path, resume: bool, overrides: list[str]) -> RunConfig:
+    """The config a run will train with: ``cfg`` (default: the default recipe) with ``overrides`` and data
+    paths made absolute, or when resuming, the run's own config with overrides of its train section."""
     if resume:
         if not (out / "config.json").exists():
             raise QkvError(f"{out} is not a qkv run directory (no config.json); check the path")
@@ -223,7 +226,7 @@ def train(
         if dist.main:
             log_fn(msg)
 
-    cfg = _resolve_config(cfg, out, resume, overrides or [])
+    cfg = resolve_config(cfg, out, resume, overrides or [])
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, dist.local_rank)

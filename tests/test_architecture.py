@@ -31,6 +31,7 @@ LAYERS = {
     "qkv.train": 7,
     "qkv.api": 7,
     "qkv.interop": 7,
+    "qkv.env": 7,
     "qkv": 7,  # the package itself: qkv.load defers to qkv.api
     "qkv.compare": 8,
     "qkv.cli": 9,

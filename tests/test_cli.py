@@ -152,10 +152,10 @@ def test_parallel_text_train_translate_evaluate(tmp_path):
     assert (out / "src_tokenizer.json").exists()
     res = qkv("evaluate", str(out), "--src", str(f["valid.de"]), "--ref", str(f["valid.en"]), "--beam", "2")
     assert res.returncode == 0, res.stderr
-    lines = res.stdout.splitlines()
+    lines = res.stderr.splitlines()  # the scores with their signatures for people; JSON alone on stdout
     assert lines[0].startswith("BLEU") and "nrefs:1|case:mixed|eff:no|tok:13a" in lines[0]
     assert "case:lc" in lines[1] and lines[2].startswith("chrF")
-    assert json.loads(lines[3])["n"] == 20
+    assert json.loads(res.stdout)["n"] == 20
     res = qkv("translate", str(out), "-i", str(f["valid.de"]))
     assert res.returncode == 0 and len(res.stdout.splitlines()) == 20
     short = tmp_path / "short.en"
@@ -172,3 +172,63 @@ def test_parallel_text_errors(tmp_path):
     assert_user_error(qkv(*args, "--train", str(f["train.de"]), str(short), cwd=tmp_path), "different line counts")
     assert_user_error(qkv(*args, "--train", str(f["train.de"]), "nope.en", cwd=tmp_path), "no such file")
     assert_user_error(qkv("train", "multi30k", cwd=tmp_path), "task.train_src is not set")
+
+
+def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    from qkv.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.json").write_text(json.dumps({"model": {"d_model": 96, "h": 4}, "train": {"steps": 9}}))
+    argv = ["train", "reverse", "--config", "c.json", "d_model=64", "--print-config", "warmup=3"]
+    assert main(argv) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["family"] == "transformer" and cfg["task"]["name"] == "reverse"
+    assert (cfg["model"]["d_model"], cfg["model"]["h"], cfg["train"]["steps"], cfg["train"]["warmup"]) == (64, 4, 9, 3)
+    assert list(tmp_path.iterdir()) == [tmp_path / "c.json"]  # no run directory
+
+
+def test_print_config_of_a_resume_changes_nothing(tiny_run, capsys):
+    from qkv.cli import main
+
+    before = snapshot(tiny_run)
+    assert main(["train", "--resume", str(tiny_run), "steps=500", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["steps"] == 500
+    assert snapshot(tiny_run) == before
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("dmodel=5", "did you mean 'd_model' (model.d_model)?"),
+        ("train.d_model=5", "unknown train field 'd_model': did you mean 'd_model' (model.d_model)?"),
+        ("warmpu=5", "did you mean 'warmup' (train.warmup)?"),
+    ],
+)
+def test_a_misspelt_field_is_found_in_any_section(tmp_path, override, needle):
+    assert_user_error(qkv("train", "reverse", override, "--out", str(tmp_path / "r")), needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_options_before_or_after_the_texts(tiny_run, capsys):
+    from qkv.cli import main
+
+    outputs = []
+    for argv in (
+        ["translate", str(tiny_run), "abc", "cab", "--beam", "3"],
+        ["translate", str(tiny_run), "--beam", "3", "abc", "cab"],
+        ["translate", "--beam", "3", str(tiny_run), "abc", "cab"],
+    ):
+        assert main(argv) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] == outputs[2] and outputs[0].count("\n") == 2
+
+
+def test_json_lines_on_stdout_messages_on_stderr(tiny_run, tmp_path):
+    res = qkv("translate", str(tiny_run), "abc", "ba", "--json")
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["source"] for r in rows] == ["abc", "ba"] and all(isinstance(r["translation"], str) for r in rows)
+    plain = qkv("translate", str(tiny_run), "abc", "ba").stdout.splitlines()
+    assert [r["translation"] for r in rows] == plain
+    res = qkv("attention", str(tiny_run), "-o", str(tmp_path / "m.json"), stdin="abc\n")  # the text from stdin
+    assert res.returncode == 0 and res.stdout == "" and "wrote" in res.stderr
+    assert json.loads((tmp_path / "m.json").read_text())["source"] == "abc"

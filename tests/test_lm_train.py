@@ -115,3 +115,21 @@ def test_gpt_on_bpe_tokens(tmp_path, text_file):
     assert len(run.tokenizer) <= 60
     assert run.tokenizer.decode(run.tokenizer.encode("To be, or not")) == "To be, or not"
     assert isinstance(run.generate("To be", max_new_tokens=5, seed=0)[0], str)
+
+
+def test_cli_generate_stdin_json_and_both_export_spellings(tmp_path, text_file):
+    over = TINY_GPT + [f"task.path={text_file}", "steps=4", "eval_every=4"]
+    train(recipe("shakespeare-char"), tmp_path / "g", overrides=over, progress=False, log=quiet)
+    run = str(tmp_path / "g")
+    res = cli("generate", run, "--max-new-tokens", "8", "--seed", "4", stdin="To be")  # all of stdin: one prompt
+    same = cli("generate", run, "To be", "--max-new-tokens", "8", "--seed", "4")
+    assert res.returncode == 0 and res.stdout == same.stdout and res.stdout.startswith("To be")
+    res = cli("generate", run, "To", "W", "--max-new-tokens", "5", "--seed", "4", "--json")
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["prompt"] for r in rows] == ["To", "W"] and all(len(r["text"]) == 5 for r in rows)
+    new = cli("export", run, "--out", str(tmp_path / "new"))
+    old = cli("export", "--to-hf", run, "--out", str(tmp_path / "old"))
+    assert new.returncode == old.returncode == 0 and new.stdout == old.stdout == ""
+    assert "is now `qkv export RUN --out DIR`" in old.stderr and "note" not in new.stderr
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (tmp_path / "new" / name).read_bytes() == (tmp_path / "old" / name).read_bytes()

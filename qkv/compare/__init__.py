@@ -7,18 +7,15 @@ with ``results.json``, one PNG per experiment and ``report.md``.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from qkv.compare import experiments, report
 from qkv.compare.sizes import SIZES, CompareConfig
+from qkv.env import summary_line
 from qkv.errors import QkvError
 
 __all__ = ["EXPERIMENTS", "SIZES", "CompareConfig", "Experiment", "Workspace", "run_comparison"]
@@ -70,10 +67,6 @@ EXPERIMENTS: dict[str, Experiment] = {
 }
 
 
-def _environment() -> str:
-    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, {os.cpu_count()} CPUs"
-
-
 def run_comparison(
     out: Path | str,
     sizes: str | CompareConfig = "full",
@@ -105,7 +98,7 @@ def run_comparison(
     results: dict[str, Any] = {
         "sizes_name": name,
         "sizes": _jsonable(cfg),
-        "environment": _environment(),
+        "environment": summary_line(),
         "minutes": {},
     }
     start = time.perf_counter()
