@@ -8,16 +8,38 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from qkv.checkpoint import load_model_tensors, load_weights, read_json
+from safetensors.torch import save_file
+
+from qkv.checkpoint import (
+    KEPT,
+    atomic_write_json,
+    average_weights,
+    kept_steps,
+    load_model_tensors,
+    load_weights,
+    new_directory,
+    read_json,
+)
 from qkv.errors import QkvError
 from qkv.families.base import Run
 from qkv.families.lm import BERTRun, GPTRun, LMRun
 from qkv.families.translation import TranslationRun
 from qkv.recipes import RunConfig
 
-__all__ = ["BERTRun", "GPTRun", "LMRun", "Run", "Seq2SeqRun", "TranslationRun", "load", "read_run_config"]
+__all__ = [
+    "BERTRun",
+    "GPTRun",
+    "LMRun",
+    "Run",
+    "Seq2SeqRun",
+    "TranslationRun",
+    "average",
+    "load",
+    "read_run_config",
+]
 
 Seq2SeqRun = TranslationRun  # the name before the family registry
 
@@ -46,3 +68,31 @@ def load(run: str | Path, *, device: str = "cpu") -> Run:
     load_weights(model, load_model_tensors(path), str(path / "model.safetensors"))
     model.to(device).eval()
     return family.run(path, cfg, model, *tokenizers)
+
+
+def average(run: str | Path, out: str | Path, *, last: int | None = None, steps: list[int] | None = None) -> Path:
+    """Write a new run ``out`` whose weights are the mean of some of ``run``'s kept checkpoints (the paper's
+    checkpoint averaging, section 6.1): the ``last`` K, or those of ``steps``. Every verb accepts the new
+    run; it has no trainer state (it is a model to use, not a run to continue)."""
+    path, out = Path(run), Path(out)
+    cfg = read_run_config(path)
+    kept = kept_steps(path)
+    if not kept:
+        raise QkvError(f"{path} keeps no step checkpoints: train it with train.keep_last=K (K >= 2) to average")
+    if steps is None:
+        last = 5 if last is None else last
+        if not 1 <= last <= len(kept):
+            raise QkvError(f"--last {last}: {path} keeps {len(kept)} checkpoints (steps {kept}); choose 1..{len(kept)}")
+        steps = kept[-last:]
+    missing = [s for s in steps if s not in kept]
+    if missing or not steps:
+        raise QkvError(f"{path} keeps no checkpoint of step {missing[0] if missing else '?'}; it keeps steps {kept}")
+    weights = average_weights([path / KEPT / f"step-{s:07d}.safetensors" for s in steps])
+    model = cfg.spec.model(cfg.model)
+    load_weights(model, weights, f"the average of {path}'s checkpoints")  # they fit the run's model
+    with new_directory(out) as tmp:
+        for name in cfg.spec.run.TOKENIZER_FILES:
+            shutil.copyfile(path / name, tmp / name)
+        save_file(weights, tmp / "model.safetensors", metadata={"format": "pt", "step": str(max(steps))})
+        atomic_write_json(tmp / "config.json", {**cfg.to_dict(), "averaged_from": {"run": str(path), "steps": steps}})
+    return out

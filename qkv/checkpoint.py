@@ -7,7 +7,10 @@
       trainer_state.safetensors   optimizer moments and torch RNG state
       trainer_state.json          step, data position, elapsed time
       metrics.jsonl               one JSON object per evaluation
-      summary.json                final results
+      summary.json                final results (absent while the run is unfinished)
+      checkpoints/                with train.keep_last / keep_best: weights only, for averaging
+        step-0002200.safetensors  the weights of each of the last K checkpoints (step in the name)
+        best.safetensors, best.json   the weights with the best validation score, and that score
 
 A checkpoint is three files that must agree. They are written as ``*.tmp`` first; once all three are
 complete on disk a ``COMMIT`` journal file is written, then the renames happen, then the journal is
@@ -18,13 +21,17 @@ removed. A process killed at any point leaves either the previous checkpoint (jo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
@@ -33,9 +40,16 @@ from qkv.errors import QkvError
 
 __all__ = [
     "CHECKPOINT_FILES",
+    "KEPT",
     "atomic_write_bytes",
     "atomic_write_json",
+    "average_weights",
+    "checkpoint_step",
+    "has_checkpoint",
+    "keep_weights",
+    "kept_steps",
     "load_weights",
+    "new_directory",
     "read_json",
     "recover",
     "save_checkpoint",
@@ -48,6 +62,8 @@ STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 CHECKPOINT_FILES = (MODEL, STATE_TENSORS, STATE_JSON)
 JOURNAL = "COMMIT"
+KEPT = "checkpoints"  # weights of earlier checkpoints, kept for averaging
+STATE_KEYS = ("step", "elapsed_s", "tokens_seen", "data", "param_groups")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -182,9 +198,47 @@ def load_model_tensors(run: Path) -> dict[str, Tensor]:
         raise QkvError(f"{path} is corrupt ({e}); restore it or train a new run") from None
 
 
+def has_checkpoint(run: Path) -> bool:
+    """Whether the run has written a checkpoint (a run killed before its first has only its config)."""
+    return any((Path(run) / name).exists() for name in CHECKPOINT_FILES)
+
+
+def _metadata_step(path: Path) -> str | None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("step")
+    except FileNotFoundError:
+        raise QkvError(f"{path} is missing: this run cannot be resumed; train a new run") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise QkvError(f"{path} is corrupt ({e}); this run cannot be resumed") from None
+
+
+def checkpoint_step(run: Path) -> int:
+    """The step of the run's checkpoint, after checking that its three files agree on it."""
+    run = Path(run)
+    if not (run / STATE_JSON).exists():
+        raise QkvError(
+            f"{run} has weights but no trainer state (made by qkv average or qkv convert, or its checkpoint was "
+            "lost): it cannot be resumed; train a new run"
+        )
+    state = read_json(run / STATE_JSON)
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise QkvError(f"{run / STATE_JSON} lacks {', '.join(missing)}: this run cannot be resumed; train a new run")
+    steps = {MODEL: _metadata_step(run / MODEL), STATE_TENSORS: _metadata_step(run / STATE_TENSORS)}
+    if any(v != str(state["step"]) for v in steps.values()):
+        shown = ", ".join(f"{k} at step {v}" for k, v in steps.items())
+        raise QkvError(
+            f"the checkpoint files of {run} disagree ({STATE_JSON} at step {state['step']}, {shown}); "
+            "this run cannot be resumed safely"
+        )
+    return int(state["step"])
+
+
 def load_trainer_state(run: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore optimizer and torch RNG state; returns the JSON trainer state (step, data position…)."""
     run = Path(run)
+    checkpoint_step(run)
     state = read_json(run / STATE_JSON)
     try:
         tensors = st_load((run / STATE_TENSORS).read_bytes())
@@ -197,6 +251,82 @@ def load_trainer_state(run: Path, optimizer: torch.optim.Optimizer) -> dict[str,
         if name.startswith("optim."):
             _, idx, key = name.split(".", 2)
             per_param.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
-    torch.set_rng_state(tensors["rng.torch"])
+    try:
+        optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
+        torch.set_rng_state(tensors["rng.torch"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise QkvError(f"{run / STATE_TENSORS} does not match the model ({e}); this run cannot be resumed") from None
     return state
+
+
+def _kept_name(step: int) -> str:
+    return f"step-{step:07d}.safetensors"
+
+
+def kept_steps(run: Path) -> list[int]:
+    """Steps whose weights the run keeps in ``checkpoints/``, oldest first."""
+    digits = (p.name.removeprefix("step-").removesuffix(".safetensors") for p in (Path(run) / KEPT).glob("step-*"))
+    return sorted(int(d) for d in digits if d.isdigit())
+
+
+def keep_weights(run: Path, model: nn.Module, step: int, keep_last: int) -> None:
+    """Keep this checkpoint's weights as ``checkpoints/step-N.safetensors`` and drop all but the last
+    ``keep_last`` (a later step than ``step`` is left from a killed run and is dropped too)."""
+    kept = Path(run) / KEPT
+    kept.mkdir(exist_ok=True)
+    atomic_write_bytes(kept / _kept_name(step), save(weights_to_save(model), metadata={"step": str(step)}))
+    steps = [s for s in kept_steps(run) if s <= step]
+    for old in [s for s in kept_steps(run) if s > step] + steps[: max(0, len(steps) - keep_last)]:
+        (kept / _kept_name(old)).unlink(missing_ok=True)
+
+
+def keep_best(run: Path, model: nn.Module, step: int, metric: str, value: float, higher_is_better: bool) -> bool:
+    """Keep the weights as ``checkpoints/best.safetensors`` if ``value`` beats the kept best; returns whether."""
+    kept = Path(run) / KEPT
+    best = kept / "best.json"
+    if best.exists():
+        old = read_json(best)
+        if old.get("metric") == metric and (value <= old["value"] if higher_is_better else value >= old["value"]):
+            return False
+    kept.mkdir(exist_ok=True)
+    atomic_write_bytes(kept / "best.safetensors", save(weights_to_save(model), metadata={"step": str(step)}))
+    atomic_write_json(best, {"step": step, "metric": metric, "value": value})
+    return True
+
+
+def average_weights(paths: list[Path]) -> dict[str, Tensor]:
+    """The element-wise mean of the floating-point tensors of several weight files (summed in float64,
+    returned in their own dtype); other tensors are taken from the last file."""
+    sums: dict[str, Tensor] = {}
+    for i, path in enumerate(paths):
+        try:
+            tensors = load_file(path)
+        except (SafetensorError, OSError, ValueError) as e:
+            raise QkvError(f"{path} is corrupt ({e}); choose other checkpoints") from None
+        if i and tensors.keys() != sums.keys():
+            raise QkvError(f"{path} holds other tensors than {paths[0]}: the checkpoints are of different models")
+        for name, t in tensors.items():
+            floating = t.is_floating_point()
+            sums[name] = sums[name] + t.double() if i and floating else t.double() if floating else t
+            if i == len(paths) - 1 and floating:
+                sums[name] = (sums[name] / len(paths)).to(t.dtype)
+    return sums
+
+
+@contextlib.contextmanager
+def new_directory(out: Path, flag: str = "--out") -> Iterator[Path]:
+    """Write a new directory ``out`` all at once: yields a temporary sibling to fill, renamed to ``out``
+    only when the block completes (removed if it fails). An existing, non-empty ``out`` is refused."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise QkvError(f"{out} already exists and is not empty; choose another {flag}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

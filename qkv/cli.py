@@ -54,6 +54,9 @@ EXAMPLES = {
   qkv compare --quick --out runs/compare-quick          # every experiment at toy sizes, <= 10 minutes
   qkv compare --multi30k ../shared/data/multi30k --out runs/compare   # full sizes, translation on Multi30k
   qkv compare --quick --only path_length,query_batch     # some experiments""",
+    "average": """examples:
+  qkv train multi30k … keep_last=5 save_every=100 --out runs/m30k
+  qkv average runs/m30k --last 5 --out runs/m30k-avg5      # then translate/evaluate it as any run""",
     "env": """examples:
   qkv env            # paste into a bug report
   qkv env --json""",
@@ -262,6 +265,15 @@ def add_compare_arguments(cp: argparse.ArgumentParser) -> None:
     )
     cp.add_argument("--multi30k", type=Path, metavar="DIR", help="Multi30k directory for the translation experiment")
     cp.add_argument("--out", type=Path, metavar="DIR", help="directory to write (default runs/compare-SIZES-TIME)")
+
+
+def add_average_arguments(av: argparse.ArgumentParser) -> None:
+    """``qkv average``'s arguments."""
+    _run_argument(av)
+    which = av.add_mutually_exclusive_group()
+    which.add_argument("--last", type=int, metavar="K", help="average the last K kept checkpoints (default 5)")
+    which.add_argument("--steps", metavar="A,B", help="average the kept checkpoints of these steps")
+    av.add_argument("--out", type=Path, required=True, metavar="NEW", help="run directory to create")
 
 
 def add_env_arguments(en: argparse.ArgumentParser) -> None:
@@ -539,6 +551,21 @@ def cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(a: argparse.Namespace) -> int:
+    """``qkv average``: a new run with the mean weights of some of a run's checkpoints."""
+    from qkv import api
+
+    steps = None
+    if a.steps is not None:
+        try:
+            steps = [int(x) for x in a.steps.split(",") if x.strip()]
+        except ValueError:
+            raise QkvError(f"--steps {a.steps!r}: give step numbers separated by commas, e.g. 2000,2100") from None
+    out = api.average(a.run, a.out, last=a.last, steps=steps)
+    print(f"qkv: wrote run directory {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_env(a: argparse.Namespace) -> int:
     """``qkv env``: versions, CPU features, threads and devices, for bug reports."""
     from qkv.env import environment, format_environment
@@ -569,6 +596,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
         "measure Transformer vs RNN vs CNN, scaled vs unscaled, query batch vs per query",
     ),
     "info": (cmd_info, _run_argument, "config, parameters, last metrics"),
+    "average": (cmd_average, add_average_arguments, "average the weights of a run's last checkpoints"),
     "env": (cmd_env, add_env_arguments, "versions, CPU features, threads and devices, for bug reports"),
 }
 

@@ -36,7 +36,12 @@ class TrainConfig:
     """How to train. ``lr`` is the peak learning rate, except for ``schedule="noam"`` where it
     multiplies the paper's formula (1.0 = the paper). ``max_tokens`` > 0 makes token-budget batches
     (parallel text); otherwise a batch is ``batch_size`` sentences. ``bf16`` runs the forward pass
-    under bfloat16 autocast (for GPUs; slow on CPUs without AVX-512)."""
+    under bfloat16 autocast (for GPUs; slow on CPUs without AVX-512).
+
+    Checkpoints: at every evaluation (``eval_every``), every ``save_every`` steps, and every
+    ``save_minutes`` of wall time (the paper's 10 minutes); the run's top level holds the latest.
+    ``keep_last`` > 0 also keeps the weights of the last K checkpoints in ``checkpoints/`` (for
+    ``qkv average``); ``keep_best`` keeps the weights of the best validation score there too."""
 
     steps: int = 2000
     batch_size: int = 64
@@ -56,6 +61,10 @@ class TrainConfig:
     threads: int = 0
     max_tokens: int = 0
     bf16: bool = False
+    save_every: int = 0
+    save_minutes: float = 10.0
+    keep_last: int = 0
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         s = "train"
@@ -79,6 +88,9 @@ class TrainConfig:
         check(self.device in ("auto", "cpu", "cuda"), s, "device", self.device, "choose auto, cpu or cuda")
         check(self.threads >= 0, s, "threads", self.threads, "must be >= 0 (0 = torch's default)")
         check(self.max_tokens >= 0, s, "max_tokens", self.max_tokens, "must be >= 0 (0 = batch_size sentences)")
+        check(self.save_every >= 0, s, "save_every", self.save_every, "must be >= 0 (0 = only on the clock)")
+        check(self.save_minutes >= 0, s, "save_minutes", self.save_minutes, "must be >= 0 (0 = no clock)")
+        check(self.keep_last >= 0, s, "keep_last", self.keep_last, "must be >= 0 (0 = keep only the latest)")
 
 
 @dataclass

@@ -27,6 +27,10 @@ from torch import nn
 from qkv.checkpoint import (
     atomic_write_bytes,
     atomic_write_json,
+    checkpoint_step,
+    has_checkpoint,
+    keep_best,
+    keep_weights,
     load_model_tensors,
     load_trainer_state,
     load_weights,
@@ -38,6 +42,7 @@ from qkv.config import replace as replace_section
 from qkv.data import resolve_paths
 from qkv.distributed import Distributed, resolve_device, unwrap
 from qkv.errors import QkvError
+from qkv.families import FAMILIES
 from qkv.families.base import TrainingHooks
 from qkv.models import count_parameters
 from qkv.objectives import label_smoothed_loss
@@ -142,34 +147,51 @@ def train_step(
 
 
 def _prepare_out_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    """A directory for a new run: absent, empty, or left by a run killed before it wrote config.json (then
+    it holds only tokenizer files, which are written again)."""
+    if out.exists() and out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        leftovers = {n for f in FAMILIES.values() for n in f.run.TOKENIZER_FILES} | {
+            n for n in names if n.endswith(".partial")
+        }
+        if names <= leftovers:
+            out.mkdir(parents=True, exist_ok=True)
+            return
+    if out.exists():
         raise QkvError(f"{out} already exists and is not empty; resume it with --resume {out} or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
 
 
 class _StopFlag:
-    """Turns the first Ctrl-C into 'stop after this step and save'; a second one aborts."""
+    """Turns the first SIGINT (Ctrl-C), SIGTERM (a job's time limit, a cluster preempting it) or SIGUSR1
+    (Slurm's warning signal) into 'stop after this step and save'; a second one aborts."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, n))
 
     def __init__(self) -> None:
         self.stop = False
-        self._old: Any = None
+        self.signal_name = ""
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StopFlag:
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread
-            self._old = None
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                break
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.stop:
             raise KeyboardInterrupt
-        self.stop = True
-        print("\nqkv: stopping after this step and saving; Ctrl-C again to abort", file=sys.stderr)
+        self.stop, self.signal_name = True, signal.Signals(signum).name
+        print(
+            f"\nqkv: {self.signal_name}: stopping after this step and saving; send it again to abort", file=sys.stderr
+        )
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -257,6 +279,7 @@ class Trainer:
         self.dist = dist or Distributed()
         self.device = device or torch.device("cpu")
         self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
+        self._last_save = time.perf_counter()
         self._open_directory()
         spec = cfg.spec
         tokenizers = spec.run.load_tokenizers(out) if resume else None
@@ -290,18 +313,29 @@ class Trainer:
             raise error or QkvError(f"{self.out} cannot be used as a new run directory")
 
     def _restore_or_start(self) -> None:
-        """Load weights, optimizer, RNG and data position when resuming; write config and tokenizers when new."""
+        """Load weights, optimizer, RNG and data position when resuming (a run killed before its first
+        checkpoint starts again from step 0); write tokenizers, then config.json, when new."""
         if not self.resume:
             if self.dist.main:
-                atomic_write_json(self.out / "config.json", self.cfg.to_dict())
                 self.hooks.save_tokenizers(self.out)
+                atomic_write_json(self.out / "config.json", self.cfg.to_dict())  # last: marks a usable run
             return
+        if not has_checkpoint(self.out):
+            self.say(f"qkv: {self.out} has no checkpoint yet: starting it from step 0")
+            return
+        step = checkpoint_step(self.out)
+        if self.cfg.train.steps < step:
+            raise QkvError(
+                f"{self.out} is at step {step}: resuming needs train.steps >= {step} (got {self.cfg.train.steps})"
+            )
         load_weights(self.core, load_model_tensors(self.out), str(self.out / "model.safetensors"))
         state = load_trainer_state(self.out, self.optimizer)
         self.step, self.elapsed, self.tokens_seen = state["step"], state["elapsed_s"], state["tokens_seen"]
         self.stream.load_state_dict(state["data"])
         if self.dist.main:
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
+            if self.step < self.cfg.train.steps:  # the run goes on: its old summary no longer holds
+                (self.out / "summary.json").unlink(missing_ok=True)
             atomic_write_json(self.out / "config.json", self.cfg.to_dict())  # records train overrides (more steps)
         self.say(f"qkv: resuming {self.out} at step {self.step}/{self.cfg.train.steps}")
 
@@ -316,6 +350,7 @@ class Trainer:
         last = min(until_step if until_step is not None else tc.steps, tc.steps)
         bar = _ProgressBar(progress and dist.main, self.step, tc.steps)
         t_start = time.perf_counter() - self.elapsed
+        self._last_save = time.perf_counter()
         with _StopFlag() as flag:
             while self.step < last:
                 stats = self.train_one_step()
@@ -325,13 +360,22 @@ class Trainer:
                 if self.step % tc.eval_every == 0 or self.step == last or stop_now:
                     self.evaluate_and_save(stats, bar)
                     t_start = time.perf_counter() - self.elapsed  # evaluation time is not training time
+                elif self._save_due():
+                    self.checkpoint()
                 if stop_now:
                     break
         bar.close()
         if self.step < tc.steps:
-            self.say(f"qkv: stopped at step {self.step}/{tc.steps}; continue with: qkv train --resume {self.out}")
+            why = f" ({flag.signal_name})" if flag.signal_name else ""
+            self.say(f"qkv: stopped at step {self.step}/{tc.steps}{why}; continue with: qkv train --resume {self.out}")
             return {"step": self.step, "stopped": True}
         return self.finish()
+
+    def _save_due(self) -> bool:
+        """A checkpoint between evaluations: every ``save_every`` steps, or ``save_minutes`` after the last."""
+        tc = self.cfg.train
+        by_steps = tc.save_every > 0 and self.step % tc.save_every == 0
+        return by_steps or (tc.save_minutes > 0 and time.perf_counter() - self._last_save >= 60 * tc.save_minutes)
 
     def train_one_step(self) -> StepStats:
         """One optimizer step on the next global batch (the same on every rank; each trains on its share)."""
@@ -360,6 +404,10 @@ class Trainer:
             row = {"step": self.step, "elapsed_s": round(self.elapsed, 2), "lr": stats.lr, "train_loss": stats.loss}
             row.update({f"valid_{k}": v for k, v in metrics.items() if k != "n" and "signature" not in k})
             self.checkpoint()
+            if self.cfg.train.keep_best:
+                bleu = "bleu" in metrics
+                value = metrics["bleu"] if bleu else metrics["loss"]
+                keep_best(self.out, self.core, self.step, "valid_bleu" if bleu else "valid_loss", value, bleu)
             with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             bar.write(f"step {self.step}: {self.hooks.headline(metrics)}", self.say)
@@ -375,6 +423,9 @@ class Trainer:
                 "data": self.stream.state_dict(),
             }
             save_checkpoint(self.out, self.core, self.optimizer, state)
+            if self.cfg.train.keep_last:
+                keep_weights(self.out, self.core, self.step, self.cfg.train.keep_last)
+        self._last_save = time.perf_counter()
 
     def finish(self) -> dict[str, Any]:
         """The summary of a completed run; rank 0 adds the final split's metrics and writes summary.json."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -135,3 +139,100 @@ def test_overrides_parse_and_fail_clearly():
         RunConfig().with_overrides(["schedule=linear"])
     with pytest.raises(QkvError, match="cannot change when resuming"):
         RunConfig().with_overrides(["d_model=64"], sections=("train",))
+
+
+def _qkv_train(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "qkv", "train", *args, "--no-progress"], stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_training(proc: subprocess.Popen) -> None:
+    """Read stderr until the first training line (the run directory is set up by then)."""
+    for line in proc.stderr:
+        if "qkv: training a" in line:
+            return
+    raise AssertionError("training did not start")
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.2])
+def test_sigterm_saves_and_resume_is_bit_identical(tmp_path, tiny_overrides, delay):
+    over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))]
+    over += ["steps=300", "eval_every=100", "dropout=0.1", "save_minutes=0"]
+    ref = _qkv_train("reverse", *over, "--out", str(tmp_path / "one"))
+    ref.communicate()
+    proc = _qkv_train("reverse", *over, "--out", str(tmp_path / "two"))
+    _wait_for_training(proc)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate()[1]
+    assert proc.returncode == 0 and "(SIGTERM); continue with: qkv train --resume" in err, err
+    step = json.loads((tmp_path / "two" / "trainer_state.json").read_text())["step"]
+    assert 0 < step < 300 and not (tmp_path / "two" / "summary.json").exists()
+    assert subprocess.run([sys.executable, "-m", "qkv", "train", "--resume", str(tmp_path / "two")]).returncode == 0
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, tiny_overrides):
+    over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))]
+    over += ["steps=400", "eval_every=400", "save_minutes=0"]
+    proc = _qkv_train("reverse", *over, "--out", str(tmp_path / "two"))
+    _wait_for_training(proc)
+    proc.kill()  # SIGKILL: nothing is saved
+    proc.communicate()
+    assert (tmp_path / "two" / "config.json").exists() and not (tmp_path / "two" / "model.safetensors").exists()
+    messages = []
+    train(out=tmp_path / "two", resume=True, overrides=["steps=12"], progress=False, log=messages.append)
+    assert any("no checkpoint yet: starting it from step 0" in m for m in messages)
+    train(recipe("reverse"), tmp_path / "one", overrides=[*over, "steps=12"], progress=False, log=lambda m: None)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_checks(tmp_path, tiny_overrides):
+    over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))] + ["steps=8", "eval_every=4"]
+    run = tmp_path / "r"
+    train(recipe("reverse"), run, overrides=over, progress=False, log=lambda m: None)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(QkvError, match="is at step 8: resuming needs train.steps >= 8"):
+        train(out=run, resume=True, overrides=["steps=5"], progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # nothing rewritten
+    train(out=run, resume=True, overrides=["steps=12"], until_step=10, progress=False, log=lambda m: None)
+    assert not (run / "summary.json").exists()  # the old summary (of step 8) no longer describes the run
+    state = json.loads((run / "trainer_state.json").read_text())
+    (run / "trainer_state.json").write_text(json.dumps({**state, "step": 9}))
+    with pytest.raises(QkvError, match="disagree"):
+        train(out=run, resume=True, progress=False)
+    (run / "trainer_state.json").write_text("{}")
+    with pytest.raises(QkvError, match="lacks step"):
+        train(out=run, resume=True, progress=False)
+
+
+def test_kept_checkpoints_and_averaging(tmp_path, tiny_overrides, capsys):
+    from qkv.api import average
+    from qkv.checkpoint import kept_steps
+    from qkv.cli import main
+
+    over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))]
+    over += ["steps=20", "eval_every=10", "save_every=3", "keep_last=4", "keep_best=true"]
+    run = tmp_path / "r"
+    train(recipe("reverse"), run, overrides=over, progress=False, log=lambda m: None)
+    assert kept_steps(run) == [12, 15, 18, 20]  # saves at 3, 6, …, 18 and the evaluations at 10, 20
+    best = json.loads((run / "checkpoints" / "best.json").read_text())
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert best["value"] == min(r["valid_loss"] for r in rows) and best["metric"] == "valid_loss"
+    out = average(run, tmp_path / "avg", last=2)
+    kept = [load_file(run / "checkpoints" / f"step-{s:07d}.safetensors") for s in (18, 20)]
+    got = load_file(out / "model.safetensors")
+    for k in got:
+        torch.testing.assert_close(got[k], (kept[0][k].double() + kept[1][k].double()).div(2).float())
+    assert torch.equal(
+        load_file(run / "checkpoints" / "step-0000020.safetensors")["src_embed.weight"],
+        _weights(run)["src_embed.weight"],
+    )
+    assert main(["translate", str(out), "abc"]) == 0 and capsys.readouterr().out.count("\n") == 1
+    assert main(["average", str(run), "--steps", "15,99", "--out", str(tmp_path / "x")]) == 2
+    assert "keeps no checkpoint of step 99" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["average", str(run), "--last", "9", "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "--resume", str(out)]) == 2 and "cannot be resumed" in capsys.readouterr().err

@@ -9,13 +9,11 @@ layout. Nothing is written unless all of it can be: an existing directory is nev
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
 
-from qkv.checkpoint import atomic_write_json, weights_to_save
+from qkv.checkpoint import atomic_write_json, new_directory, weights_to_save
 from qkv.data.bpe import SubwordTokenizer
 from qkv.data.lm import TextConfig
 from qkv.data.vocab import Vocab
@@ -24,20 +22,6 @@ from qkv.interop.hf import bert_from_hf, bert_to_hf, gpt_from_hf, gpt_to_hf
 from qkv.recipes import RunConfig, TrainConfig
 
 __all__ = ["convert_from_hf", "export_to_hf"]
-
-
-def _fresh_dir(out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise QkvError(f"{out} already exists and is not empty; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move a completely written directory into place."""
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
 
 
 def convert_from_hf(directory: str | Path, out: str | Path) -> Path:
@@ -65,15 +49,10 @@ def convert_from_hf(directory: str | Path, out: str | Path) -> Path:
         train=TrainConfig(label_smoothing=0.0, weight_decay=0.01, lr=1e-4, schedule="constant", warmup=0),
         task=TextConfig(tokenizer="pretrained", max_seq_len=max_seq),
     )
-    tmp = _fresh_dir(out)
-    try:
+    with new_directory(out) as tmp:
         atomic_write_json(tmp / "config.json", {**cfg.to_dict(), "converted_from": str(src.resolve())})
         save_file(weights_to_save(model), tmp / "model.safetensors", metadata={"format": "pt"})
         tokenizer.save(tmp / "tokenizer.json")
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -112,13 +91,8 @@ def export_to_hf(run_dir: str | Path, out: str | Path) -> Path:
         tid = getattr(tok, f"{role}_id", None)
         if tid is not None:
             config[f"{role}_token_id"] = tid
-    tmp = _fresh_dir(out)
-    try:
+    with new_directory(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
         (tmp / "tokenizer.json").write_text(_hf_tokenizer_json(tok), encoding="utf-8")
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
