@@ -21,13 +21,12 @@ from qkv.checkpoint import (
     load_model_tensors,
     load_weights,
     new_directory,
-    read_json,
 )
 from qkv.errors import QkvError
 from qkv.families.base import Run
 from qkv.families.lm import BERTRun, GPTRun, LMRun
 from qkv.families.translation import TranslationRun
-from qkv.recipes import RunConfig
+from qkv.recipes import read_run_config
 
 __all__ = [
     "BERTRun",
@@ -42,17 +41,6 @@ __all__ = [
 ]
 
 Seq2SeqRun = TranslationRun  # the name before the family registry
-
-
-def read_run_config(path: Path) -> RunConfig:
-    """The config.json of a run directory, checked; a missing or damaged one is a QkvError naming it."""
-    data = read_json(path / "config.json")
-    if not isinstance(data, dict) or "model" not in data:
-        raise QkvError(f"{path / 'config.json'} is not a qkv run config")
-    try:
-        return RunConfig.from_dict(data)
-    except (KeyError, TypeError) as e:
-        raise QkvError(f"{path / 'config.json'} is incomplete ({e}); restore it or train a new run") from None
 
 
 def load(run: str | Path, *, device: str = "cpu") -> Run:

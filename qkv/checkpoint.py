@@ -36,7 +36,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 
 __all__ = [
     "CHECKPOINT_FILES",
@@ -125,7 +125,11 @@ def weights_to_save(model: nn.Module) -> dict[str, Tensor]:
 
 def load_weights(model: nn.Module, tensors: dict[str, Tensor], source: str) -> None:
     """Load ``tensors`` into ``model``; keys missing only because their weight is tied are fine."""
-    result = model.load_state_dict(tensors, strict=False)
+    try:
+        result = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: e.g. a vocabulary size that disagrees
+        first = str(e).split("\n\t", 2)[1] if "\n\t" in str(e) else str(e)
+        raise QkvError(f"{source} does not match the model in config.json ({shown(first, 200)})") from None
     expected = model.state_dict()
     tied = {n for n in expected if n not in tensors and _is_alias(model, n, tensors)}
     missing = [k for k in result.missing_keys if k not in tied]

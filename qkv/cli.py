@@ -1,19 +1,21 @@
 """The ``qkv`` command: a thin layer over :mod:`qkv.train` and :mod:`qkv.api`.
 
-User errors print one line, ``qkv: error: …``, and exit with status 2 — never a traceback.
+User errors print one line, ``qkv: error: …``, and exit with status 2 — never a traceback. Anything
+else is a bug: one line, ``qkv: internal error: …``, exit status 1 (``QKV_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 
 __all__ = ["main"]
 
@@ -560,7 +562,7 @@ def cmd_average(a: argparse.Namespace) -> int:
         try:
             steps = [int(x) for x in a.steps.split(",") if x.strip()]
         except ValueError:
-            raise QkvError(f"--steps {a.steps!r}: give step numbers separated by commas, e.g. 2000,2100") from None
+            raise QkvError(f"--steps {shown(a.steps)}: give step numbers separated by commas, e.g. 2000,2100") from None
     out = api.average(a.run, a.out, last=a.last, steps=steps)
     print(f"qkv: wrote run directory {out}", file=sys.stderr)
     return 0
@@ -645,6 +647,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug in qkv, not in what the user gave: one line, the traceback on request
+        if os.environ.get("QKV_DEBUG"):
+            raise
+        message = str(e).splitlines()[0] if str(e) else ""
+        print(
+            f"qkv: internal error: {type(e).__name__}: {message[:200]} — run with QKV_DEBUG=1 for the traceback",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

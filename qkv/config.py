@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, ClassVar, TypeVar
 
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 
 __all__ = [
     "ConfigBase",
@@ -31,7 +31,7 @@ C = TypeVar("C")
 def check(condition: bool, section: str, name: str, value: Any, requirement: str) -> None:
     """Raise a QkvError naming ``section.name`` unless ``condition`` holds."""
     if not condition:
-        raise QkvError(f"invalid {section}.{name}={value!r}: {requirement}")
+        raise QkvError(f"invalid {section}.{name}={shown(value)}: {requirement}")
 
 
 def field_names(cls: type) -> list[str]:
@@ -42,7 +42,7 @@ def field_names(cls: type) -> list[str]:
 def _unknown(name: str, known: list[str], section: str) -> QkvError:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(known)}"
-    return QkvError(f"unknown {section} field '{name}': {hint}")
+    return QkvError(f"unknown {section} field {shown(name)}: {hint}")
 
 
 def unknown_field(name: str, sections: dict[str, list[str]], section: str | None = None) -> QkvError:
@@ -51,20 +51,42 @@ def unknown_field(name: str, sections: dict[str, list[str]], section: str | None
     qualified = {f"{s}.{f}": f for s, fields in sections.items() for f in fields}
     close = difflib.get_close_matches(name, list(set(qualified.values())), n=1, cutoff=0.6)
     names = ", ".join(sections)
-    where = f"{section} field '{name}'" if section else f"field '{name}' (no section of {names} has it)"
+    where = f"{section} field {shown(name)}" if section else f"field {shown(name)} (no section of {names} has it)"
     if not close:
         return QkvError(f"unknown {where}: write KEY=VALUE with a field of {names} (see --print-config)")
     owners = [q for q, f in qualified.items() if f == close[0]]
     return QkvError(f"unknown {where}: did you mean '{close[0]}' ({' or '.join(owners)})?")
 
 
+def _typed(tp: Any, value: Any, where: str) -> Any:
+    """``value`` as a value of type ``tp`` (ints become floats where a float is asked for), or a QkvError:
+    no float or bool where an int is asked for, no number where a string is."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if tp is float and type(value) in (int, float):
+        return float(value)
+    if typing.get_origin(tp) is tuple and isinstance(value, list | tuple):
+        return tuple(_typed(a, v, where) for a, v in zip(typing.get_args(tp), value, strict=False))
+    if tp in (int, bool, str) and type(value) is tp:
+        return value
+    kind = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+    raise QkvError(f"invalid {where}={shown(value)}: must be {kind}")
+
+
 def config_from_dict(cls: type[C], data: dict[str, Any], section: str) -> C:
-    """Build ``cls`` from a dict, rejecting unknown keys with a hint (and validating the values)."""
+    """Build ``cls`` from a dict (as stored in config.json), rejecting unknown keys with a hint and values
+    of the wrong type (an int written as 128.0, a bool as an int), then validating the values."""
+    if not isinstance(data, dict):
+        raise QkvError(f"the {section} section must be an object of field: value (got {shown(data)})")
     known = field_names(cls)
     for key in data:
         if key not in known:
             raise _unknown(key, known, section)
-    return cls(**data)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _typed(hints[k], v, f"{section}.{k}") for k, v in data.items()})
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -103,7 +125,7 @@ def parse_override_value(cls: type, name: str, text: str, section: str) -> Any:
         return text
     except ValueError:
         kind = getattr(tp, "__name__", str(tp))
-        raise QkvError(f"{section}.{name}={text!r} is not a valid {kind}") from None
+        raise QkvError(f"{section}.{name}={shown(text)} is not a valid {kind}") from None
 
 
 def replace(cfg: C, section: str, **changes: Any) -> C:

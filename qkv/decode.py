@@ -28,6 +28,7 @@ from qkv.layers import DecoderCache
 from qkv.models.translation import EncoderDecoderModel as EncoderDecoder
 
 __all__ = [
+    "MAX_BEAM",
     "EncoderDecoder",
     "Hypothesis",
     "beam_search",
@@ -37,6 +38,9 @@ __all__ = [
     "next_log_probs",
     "sample_next",
 ]
+
+
+MAX_BEAM = 64  # a wider beam costs memory in proportion and has never helped translation quality
 
 
 @dataclass
@@ -168,8 +172,8 @@ def beam_search(
     A source is finished once it holds ``beam`` ended hypotheses and no live beam can still beat
     the worst of them (log-probabilities only fall, so a live beam's bound is its score / lp(max_len)).
     """
-    if beam < 1:
-        raise QkvError(f"beam width must be >= 1 (got {beam})")
+    if not 1 <= beam <= MAX_BEAM:
+        raise QkvError(f"beam width must be from 1 to {MAX_BEAM} (got {beam}); 4 to 10 is usual")
     if alpha < 0:
         raise QkvError(f"length penalty alpha must be >= 0 (got {alpha})")
     max_len = default_max_len(model, src) if max_len is None else max_len

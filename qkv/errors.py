@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["QkvError"]
+from typing import Any
+
+__all__ = ["QkvError", "shown"]
+
+ECHO_LIMIT = 80  # characters of a user's value quoted back in an error
+
+
+def shown(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters (an overlong input is not
+    echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 class QkvError(ValueError):

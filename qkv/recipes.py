@@ -9,8 +9,10 @@ whose type names the family: see :mod:`qkv.families`), ``train`` (``TrainConfig`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from qkv.checkpoint import read_json
 from qkv.config import (
     check,
     config_from_dict,
@@ -22,11 +24,11 @@ from qkv.config import (
 )
 from qkv.data import TaskConfig
 from qkv.data.lm import TextConfig
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 from qkv.families import TRANSLATION_FAMILIES, Family, family_named, family_of
 from qkv.models import BERTConfig, GPTConfig, TransformerConfig
 
-__all__ = ["DEFAULT_RECIPE", "RECIPES", "TRANSLATION_FAMILIES", "RunConfig", "TrainConfig", "recipe"]
+__all__ = ["DEFAULT_RECIPE", "RECIPES", "TRANSLATION_FAMILIES", "RunConfig", "TrainConfig", "read_run_config", "recipe"]
 
 SCHEDULES = ("noam", "inverse_sqrt", "cosine", "constant")
 
@@ -160,13 +162,15 @@ class RunConfig:
         classes = {s: type(getattr(self, s)) for s in self.SECTIONS}
         for item in overrides:
             if "=" not in item or item.startswith("="):
-                raise QkvError(f"malformed override {item!r}: write KEY=VALUE, e.g. d_model=256 or train.steps=500")
+                raise QkvError(
+                    f"malformed override {shown(item)}: write KEY=VALUE, e.g. d_model=256 or train.steps=500"
+                )
             key, value = item.split("=", 1)
             fields = {s: field_names(classes[s]) for s in self.SECTIONS}
             if "." in key:
                 section, name = key.split(".", 1)
                 if section not in self.SECTIONS:
-                    raise QkvError(f"unknown section '{section}' in {item!r}: use {', '.join(self.SECTIONS)}")
+                    raise QkvError(f"unknown section {shown(section)} in {shown(item)}: use {', '.join(self.SECTIONS)}")
                 if name not in fields[section]:
                     raise unknown_field(name, fields, section)
             else:
@@ -259,3 +263,17 @@ def recipe(name: str) -> RunConfig:
     if name not in RECIPES:
         raise QkvError(f"unknown preset '{name}': choose one of {', '.join(RECIPES)}")
     return RECIPES[name]
+
+
+def read_run_config(run: Path) -> RunConfig:
+    """The config.json of a run directory, checked; a missing or damaged one is a QkvError naming it."""
+    path = Path(run) / "config.json"
+    if not Path(run).is_dir() or not path.exists():
+        raise QkvError(f"{run} is not a qkv run directory (no config.json); check the path")
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise QkvError(f"{path} is not a qkv run config; restore it or train a new run")
+    try:
+        return RunConfig.from_dict(data)
+    except (KeyError, TypeError) as e:
+        raise QkvError(f"{path} is incomplete ({shown(str(e))}); restore it or train a new run") from None

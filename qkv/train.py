@@ -34,7 +34,6 @@ from qkv.checkpoint import (
     load_model_tensors,
     load_trainer_state,
     load_weights,
-    read_json,
     recover,
     save_checkpoint,
 )
@@ -46,7 +45,7 @@ from qkv.families import FAMILIES
 from qkv.families.base import TrainingHooks
 from qkv.models import count_parameters
 from qkv.objectives import label_smoothed_loss
-from qkv.recipes import DEFAULT_RECIPE, RECIPES, RunConfig, TrainConfig, recipe
+from qkv.recipes import DEFAULT_RECIPE, RECIPES, RunConfig, TrainConfig, read_run_config, recipe
 
 __all__ = [
     "DEFAULT_RECIPE",
@@ -199,7 +198,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -213,9 +212,7 @@ def resolve_config(cfg: RunConfig | None, out: Path, resume: bool, overrides: li
     """The config a run will train with: ``cfg`` (default: the default recipe) with ``overrides`` and data
     paths made absolute, or when resuming, the run's own config with overrides of its train section."""
     if resume:
-        if not (out / "config.json").exists():
-            raise QkvError(f"{out} is not a qkv run directory (no config.json); check the path")
-        return RunConfig.from_dict(read_json(out / "config.json")).with_overrides(overrides, sections=("train",))
+        return read_run_config(out).with_overrides(overrides, sections=("train",))
     cfg = (cfg or recipe(DEFAULT_RECIPE)).with_overrides(overrides)
     if cfg.spec.translation:
         return RunConfig(model=cfg.model, train=cfg.train, task=resolve_paths(cfg.task))

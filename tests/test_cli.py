@@ -232,3 +232,70 @@ def test_json_lines_on_stdout_messages_on_stderr(tiny_run, tmp_path):
     res = qkv("attention", str(tiny_run), "-o", str(tmp_path / "m.json"), stdin="abc\n")  # the text from stdin
     assert res.returncode == 0 and res.stdout == "" and "wrote" in res.stderr
     assert json.loads((tmp_path / "m.json").read_text())["source"] == "abc"
+
+
+def _edited_run(tiny_run: Path, tmp_path: Path, section: str, field: str, value) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg[section][field] = value
+    (run / "config.json").write_text(json.dumps(cfg))
+    return run
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "needle"),
+    [
+        ("model", "src_vocab_size", 99, "does not match the model in config.json"),
+        ("model", "N", 2.0, "invalid model.N=2.0: must be a whole number"),
+        ("model", "N", True, "invalid model.N=True: must be a whole number"),
+        ("model", "norm_first", 0, "must be true or false"),
+        ("train", "betas", "fast", "must be"),
+    ],
+)
+def test_a_damaged_config_is_one_line(tiny_run, tmp_path, capsys, section, field, value, needle):
+    from qkv.cli import main
+
+    run = _edited_run(tiny_run, tmp_path, section, field, value)
+    before = snapshot(run)
+    verbs = [["translate", str(run), "abc"], ["info", str(run)]]
+    if field != "src_vocab_size":  # resuming takes the vocabulary sizes from the run's tokenizers
+        verbs.append(["train", "--resume", str(run)])
+    for argv in verbs:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+    assert snapshot(run) == before
+
+
+def test_more_bad_inputs_are_one_line(tiny_run, tmp_path, capsys):
+    from qkv.cli import main
+
+    cases = [
+        (
+            ["attention", str(tiny_run), "abc", "-o", str(tmp_path / "no" / "dir" / "a.png")],
+            "does not exist; create it",
+        ),
+        (["translate", str(tiny_run), "abc", "--beam", "100000"], "beam width must be from 1 to 64"),
+        (["translate", str(tiny_run), "Z" * 100_000], "not in this model's vocabulary"),
+        (["train", "reverse", "d_model=" + "9x" * 50_000], "is not a valid int"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1 and len(err) < 600, err[:300]
+
+
+def test_an_unexpected_failure_is_one_line_unless_debugging(tiny_run, capsys, monkeypatch):
+    from qkv import cli
+
+    def broken(_args):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setitem(cli.COMMANDS, "info", (broken, cli._run_argument, "info"))
+    assert cli.main(["info", str(tiny_run)]) == 1
+    err = capsys.readouterr().err
+    assert err == "qkv: internal error: RuntimeError: boom — run with QKV_DEBUG=1 for the traceback\n"
+    monkeypatch.setenv("QKV_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["info", str(tiny_run)])

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qkv.errors import QkvError
+from qkv.errors import shown as shown_value
 
 __all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "Vocab"]
 
@@ -53,8 +54,9 @@ class Vocab:
             i = self.index.get(sym)
             if i is None or i < len(SPECIALS):
                 shown = ", ".join(map(repr, self.symbols[:40])) + (" …" if len(self.symbols) > 40 else "")
-                where = text if len(text) <= 60 else text[:57] + "..."
-                raise QkvError(f"symbol {sym!r} in {where!r} is not in this model's vocabulary ({shown})")
+                raise QkvError(
+                    f"symbol {shown_value(sym)} in {shown_value(text)} is not in this model's vocabulary ({shown})"
+                )
             ids.append(i)
         return ids
 

@@ -54,7 +54,7 @@ class Run:
         metrics = None
         path = self.path / "metrics.jsonl"
         if path.exists():
-            lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
             if lines:
                 try:
                     metrics = json.loads(lines[-1])

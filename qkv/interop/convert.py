@@ -17,8 +17,8 @@ from qkv.checkpoint import atomic_write_json, new_directory, weights_to_save
 from qkv.data.bpe import SubwordTokenizer
 from qkv.data.lm import TextConfig
 from qkv.data.vocab import Vocab
-from qkv.errors import QkvError
-from qkv.interop.hf import bert_from_hf, bert_to_hf, gpt_from_hf, gpt_to_hf
+from qkv.errors import QkvError, shown
+from qkv.interop.hf import bert_from_hf, bert_to_hf, gpt_from_hf, gpt_to_hf, read_hf_config
 from qkv.recipes import RunConfig, TrainConfig
 
 __all__ = ["convert_from_hf", "export_to_hf"]
@@ -27,18 +27,15 @@ __all__ = ["convert_from_hf", "export_to_hf"]
 def convert_from_hf(directory: str | Path, out: str | Path) -> Path:
     """Make a qkv run directory ``out`` of a Hugging Face GPT-2 or BERT directory."""
     src, out = Path(directory), Path(out)
-    try:
-        model_type = json.loads((src / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except FileNotFoundError:
-        raise QkvError(f"{src / 'config.json'} is missing: not a Hugging Face model directory") from None
-    except json.JSONDecodeError as e:
-        raise QkvError(f"{src / 'config.json'} is not valid JSON ({e})") from None
+    model_type = read_hf_config(src).get("model_type")
     if model_type == "gpt2":
         family, model = "gpt", gpt_from_hf(src)
     elif model_type == "bert":
         family, model = "bert", bert_from_hf(src)
     else:
-        raise QkvError(f"model_type '{model_type}' cannot be converted: qkv reads GPT-2 ('gpt2') and BERT ('bert')")
+        raise QkvError(
+            f"model_type {shown(model_type)} cannot be converted: qkv reads GPT-2 ('gpt2') and BERT ('bert')"
+        )
     tokenizer = SubwordTokenizer.from_hf_dir(src, family)
     max_seq = 0
     st_config = src / "sentence_bert_config.json"

@@ -15,26 +15,28 @@ Name maps (qkv ← Hugging Face), per layer i:
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
 from qkv.attention import MultiHeadAttention
 from qkv.checkpoint import load_weights
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 from qkv.models.bert import BERT, BERTConfig
 from qkv.models.gpt import GPT, GPTConfig
 
-__all__ = ["bert_from_hf", "bert_to_hf", "gpt_from_hf", "gpt_to_hf", "read_hf_dir"]
+__all__ = ["bert_from_hf", "bert_to_hf", "gpt_from_hf", "gpt_to_hf", "read_hf_config", "read_hf_dir"]
 
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
 
-def read_hf_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """config.json and the weights of a Hugging Face model directory."""
+def read_hf_config(directory: str | Path) -> dict[str, Any]:
+    """The config.json of a Hugging Face model directory, checked to be a JSON object."""
     d = Path(directory)
     if not d.is_dir():
         raise QkvError(f"{d} is not a directory; give a Hugging Face model directory")
@@ -42,15 +44,55 @@ def read_hf_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, Tensor
         config = json.loads((d / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise QkvError(f"{d / 'config.json'} is missing: not a Hugging Face model directory") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise QkvError(f"{d / 'config.json'} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise QkvError(f"{d / 'config.json'} is not a Hugging Face config (a JSON object)")
+    return config
+
+
+def read_hf_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """config.json and the weights of a Hugging Face model directory."""
+    d = Path(directory)
+    config = read_hf_config(d)
     if (d / "model.safetensors").exists():
-        state = load_file(d / "model.safetensors")
+        try:
+            state = load_file(d / "model.safetensors")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise QkvError(f"{d / 'model.safetensors'} is corrupt ({shown(str(e), 200)})") from None
     elif (d / "pytorch_model.bin").exists():
-        state = torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        state = _load_pickled_tensors(d / "pytorch_model.bin")
     else:
         raise QkvError(f"{d} has no model.safetensors or pytorch_model.bin (sharded checkpoints are not supported)")
     return config, state
+
+
+def _load_pickled_tensors(path: Path) -> dict[str, Tensor]:
+    """A pytorch_model.bin read with ``weights_only=True``: tensors only, never code; anything else is refused."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        why = "holds objects other than tensors" if isinstance(e, pickle.UnpicklingError) else "cannot be read"
+        raise QkvError(
+            f"{path} {why}, so qkv refuses it (it loads weights only, never code); "
+            "if you trust it, save it as model.safetensors with the library that made it"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise QkvError(f"{path} is not a state dict of tensors")
+    return state
+
+
+def _complete(convert: Any) -> Any:
+    """Turn a key missing from a checkpoint's config or tensors into one line naming it."""
+
+    def wrapped(directory: str | Path) -> Any:
+        try:
+            return convert(directory)
+        except KeyError as e:
+            raise QkvError(f"{directory} lacks {shown(e.args[0])}: not a complete checkpoint of this kind") from None
+
+    wrapped.__doc__, wrapped.__name__ = convert.__doc__, convert.__name__
+    return wrapped
 
 
 def _activation(config: dict[str, Any], key: str) -> str:
@@ -114,6 +156,7 @@ def gpt2_names(num_layers: int) -> list[tuple[str, str, bool]]:
     return names
 
 
+@_complete
 def gpt_from_hf(directory: str | Path) -> GPT:
     """A qkv GPT holding a Hugging Face GPT-2 checkpoint."""
     config, state = read_hf_dir(directory)
@@ -213,6 +256,7 @@ def bert_names(num_layers: int, pooler: bool) -> list[tuple[str, str]]:
     return names
 
 
+@_complete
 def bert_from_hf(directory: str | Path) -> BERT:
     """A qkv BERT holding a Hugging Face BERT checkpoint (BertModel or BertForMaskedLM)."""
     config, state = read_hf_dir(directory)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 from qkv.viz.maps import KINDS, AttentionMaps
 
 __all__ = ["MAX_TOKENS", "save_attention"]
@@ -43,8 +43,10 @@ def save_attention(
     if fmt not in FORMATS:
         raise QkvError(f"unknown format '{fmt}': use --format png, svg or json (or a file ending in one)")
     if head not in ("all", "mean") and not head.isdigit():
-        raise QkvError(f"--head must be a head number, 'mean' or 'all' (got {head!r})")
+        raise QkvError(f"--head must be a head number, 'mean' or 'all' (got {shown(head)})")
     maps.check(kind, layer)
+    if not path.parent.is_dir():
+        raise QkvError(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
     if fmt == "json":
         data = maps.to_dict()
         path.write_text(json.dumps(data), encoding="utf-8")

@@ -134,7 +134,7 @@ def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, m
     async def attention(request: Request) -> JSONResponse:
         try:
             body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly deep JSON
             return _error(400, 'the body must be JSON: {"text": "..."}')
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
             return _error(400, 'the body must be JSON: {"text": "..."}')

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from qkv.decode import generate
 from qkv.errors import QkvError
@@ -148,3 +148,38 @@ def test_convert_export_round_trip_is_exact(tmp_path, family):
             assert (back(input_ids=ids).logits - ref(input_ids=ids).logits).abs().max() < 1e-5
     with pytest.raises(QkvError, match="already exists"):
         export_to_hf(run, out)
+
+
+class _Payload:
+    """An object whose unpickling would run code: weights_only=True must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def test_untrusted_or_incomplete_checkpoints_are_one_line(tmp_path, capsys):
+    import pickle
+
+    from qkv.cli import main
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 8}))
+    with open(evil / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"wte.weight": _Payload()}, f, protocol=2)
+    assert main(["convert", "--from-hf", str(evil), "--out", str(tmp_path / "a")]) == 2
+    out, err = capsys.readouterr()
+    assert "holds objects other than tensors" in err and "unpickled code ran" not in out + err
+    ref = tmp_path / "gpt"
+    hf_gpt(ref, GPT_SHAPES[0])
+    state = load_file(ref / "model.safetensors")
+    state.pop("transformer.ln_f.weight")
+    save_file(state, ref / "model.safetensors")
+    assert main(["convert", "--from-hf", str(ref), "--out", str(tmp_path / "b")]) == 2
+    assert "lacks 'ln_f.weight'" in capsys.readouterr().err
+    cfg = json.loads((ref / "config.json").read_text())
+    cfg.pop("vocab_size")
+    (ref / "config.json").write_text(json.dumps(cfg))
+    assert main(["convert", "--from-hf", str(ref), "--out", str(tmp_path / "c")]) == 2
+    assert "lacks 'vocab_size'" in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in "abc")

@@ -87,3 +87,9 @@ def test_a_port_out_of_range_is_one_line(tiny_run, capsys, port):
     assert main(["serve", str(tiny_run), "--port", port]) == 2
     err = capsys.readouterr().err
     assert "is not a port number" in err and len(err.strip().splitlines()) == 1
+
+
+def test_absurdly_deep_json_is_a_400(client):
+    body = '{"text": ' + "[" * 5000 + "]" * 5000 + "}"
+    res = client.post("/api/attention", content=body, headers={"content-type": "application/json"})
+    assert res.status_code in (400, 413) and "error" in res.json()
