@@ -7,13 +7,15 @@ else is a bug: one line, ``qkv: internal error: …``, exit status 1 (``QKV_DEBU
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from qkv.errors import QkvError, shown
 
@@ -183,6 +185,10 @@ def add_translate_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--beam", type=int, default=1, metavar="K", help="beam width (1 = greedy, the default)")
     tr.add_argument("--alpha", type=float, default=0.6, metavar="A", help="GNMT length penalty (default 0.6)")
     tr.add_argument("--max-len", type=int, metavar="N", help="most target tokens (default 2·source + 10)")
+    tr.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="write the translations to FILE (default: stdout)"
+    )
+    tr.add_argument("--batch-size", type=int, default=64, metavar="N", help="sentences decoded together (default 64)")
     _json_argument(tr, '{"source", "translation"}')
 
 
@@ -390,22 +396,56 @@ def _stdin_lines() -> list[str]:
     return [line.rstrip("\n") for line in sys.stdin if line.strip()]
 
 
+def _some_text(lines: Iterable[str], what: str) -> Iterator[str]:
+    """``lines`` unchanged, after checking that one of them is not blank (so that nothing is printed for an
+    input with nothing in it)."""
+    it, blanks = iter(lines), []
+    for line in it:
+        blanks.append(line)
+        if line.strip():
+            yield from blanks
+            yield from it
+            return
+    raise QkvError(f"nothing to {what}: give TEXT arguments, -i FILE or lines on stdin")
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[TextIO]:
+    """stdout, or a file written as ``PATH.partial`` and renamed into place once complete."""
+    if path is None:
+        yield sys.stdout
+        return
+    if not path.parent.is_dir():
+        raise QkvError(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def cmd_translate(a: argparse.Namespace) -> int:
-    """``qkv translate``: one output line per input text (or one JSON line with ``--json``)."""
+    """``qkv translate``: one output line per input line (or one JSON line with ``--json``), streamed: a file
+    of any length is read and written a chunk at a time."""
     from qkv import api
-    from qkv.data import read_lines
+    from qkv.data import iter_lines
 
     run = api.load(a.run)
     _need_translation(run, "translate")
     if a.input is not None:
-        texts = list(a.text) + read_lines(a.input)
+        lines: Iterable[str] = itertools.chain(a.text, iter_lines(a.input))
     else:
-        texts = a.text if a.text else _stdin_lines()
-    texts = [t for t in texts if t.strip()]
-    if not texts:
-        raise QkvError("nothing to translate: give TEXT arguments or lines on stdin")
-    for text, line in zip(texts, run.translate(texts, beam=a.beam, alpha=a.alpha, max_len=a.max_len), strict=True):
-        print(json.dumps({"source": text, "translation": line}, ensure_ascii=False) if a.json else line)
+        lines = a.text if a.text else (line.rstrip("\n") for line in sys.stdin)
+    source, texts = itertools.tee(_some_text(lines, "translate"))
+    options = dict(beam=a.beam, alpha=a.alpha, max_len=a.max_len, batch_size=a.batch_size)
+    with _output(a.output) as out:
+        for text, line in zip(texts, run.translate_lines(source, **options), strict=True):
+            out.write(
+                (json.dumps({"source": text, "translation": line}, ensure_ascii=False) if a.json else line) + "\n"
+            )
+            out.flush() if a.output is None else None
     return 0
 
 

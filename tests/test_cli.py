@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from qkv.errors import QkvError
+
 
 def qkv(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -299,3 +301,29 @@ def test_an_unexpected_failure_is_one_line_unless_debugging(tiny_run, capsys, mo
     monkeypatch.setenv("QKV_DEBUG", "1")
     with pytest.raises(RuntimeError, match="boom"):
         cli.main(["info", str(tiny_run)])
+
+
+def test_translating_a_stream_keeps_lines_aligned_and_names_a_bad_line(tiny_run):
+    import qkv as qkv_api
+
+    run = qkv_api.load(tiny_run)
+    lines = ["abc", "", "ba", "  ", "cab", "a"]
+    got = list(run.translate_lines(lines, chunk=2, batch_size=2, beam=2))
+    want = iter(run.translate(["abc", "ba", "cab", "a"], beam=2))
+    assert got == [next(want) if t.strip() else "" for t in lines]
+    with pytest.raises(QkvError, match=r"^line 5: symbol 'Q'"):
+        list(run.translate_lines(["abc", "b", "c", "", "aQ", "c"], chunk=2))
+
+
+def test_translate_a_file_to_a_file(tiny_run, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("abc\n\nba\nc\n")
+    out = tmp_path / "out.txt"
+    res = qkv("translate", str(tiny_run), "-i", str(src), "-o", str(out), "--batch-size", "2")
+    assert res.returncode == 0 and res.stdout == ""
+    assert out.read_text().split("\n") == [*qkv("translate", str(tiny_run), "abc", "", "ba", "c").stdout.split("\n")]
+    assert out.read_text().split("\n")[1] == ""  # the empty line stays in place
+    src.write_text("abc\nba\nQ\n")
+    assert_user_error(qkv("translate", str(tiny_run), "-i", str(src), "-o", str(tmp_path / "bad.txt")), "line 3:")
+    assert not list(tmp_path.glob("bad.txt*"))  # no partial output left behind
+    assert_user_error(qkv("translate", str(tiny_run), "abc", "-o", str(tmp_path / "no" / "o.txt")), "does not exist")

@@ -12,7 +12,7 @@ from qkv.data.sources import (
     resolve_paths,
 )
 from qkv.data.tasks import TASKS, Task, TaskConfig, get_task
-from qkv.data.text import ParallelText, read_lines, read_parallel
+from qkv.data.text import ParallelText, iter_lines, read_lines, read_parallel
 from qkv.data.vocab import Vocab
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "get_task",
     "load_tokenizer",
     "pad",
+    "iter_lines",
     "read_lines",
     "read_parallel",
     "resolve_paths",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from qkv.errors import QkvError
 
-__all__ = ["ParallelText", "read_lines", "read_parallel", "read_text"]
+__all__ = ["ParallelText", "iter_lines", "read_lines", "read_parallel", "read_text"]
 
 
 def read_text(path: str | Path) -> str:
@@ -34,6 +35,22 @@ def read_lines(path: str | Path) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return [ln.rstrip("\r") for ln in lines]
+
+
+def iter_lines(path: str | Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file one at a time (without line ends), so that a file of any size is
+    read in constant memory; a line that is not UTF-8 is a QkvError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise QkvError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise QkvError(f"{path} is a directory; give a UTF-8 text file")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8").rstrip("\n").rstrip("\r")
+            except UnicodeDecodeError as e:
+                raise QkvError(f"{path}: line {number} is not valid UTF-8 (byte {e.start} of the line)") from None
 
 
 @dataclass

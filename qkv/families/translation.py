@@ -7,7 +7,9 @@ Shapes: B sentences, S source length, T target length.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -184,6 +186,32 @@ class TranslationRun(Run):
                 out[j] = self.tgt_tokenizer.decode(h.tokens)
         return out
 
+    def translate_lines(
+        self, lines: Iterable[str], *, chunk: int = 2048, batch_size: int = 64, **options: Any
+    ) -> Iterator[str]:
+        """Translate a stream of lines of any length in constant memory: ``chunk`` lines at a time (sorted
+        by length within the chunk, in batches of ``batch_size``), one output per line in order; an empty
+        line gives an empty line. An error names the line it is about. ``options`` as for :meth:`translate`."""
+        if chunk < 1 or batch_size < 1:
+            raise QkvError(f"chunk and batch size must be >= 1 (got {chunk}, {batch_size})")
+        for start, block in _chunks(lines, chunk):
+            texts = [t for t in block if t.strip()]
+            try:
+                outs = iter(self.translate(texts, batch_size=batch_size, **options)) if texts else iter(())
+            except QkvError as e:
+                raise QkvError(f"line {start + self._first_bad(block) - 1}: {e}") from None
+            yield from (next(outs) if t.strip() else "" for t in block)
+
+    def _first_bad(self, block: list[str]) -> int:
+        """The 1-based position in ``block`` of the first line the model cannot read."""
+        for i, text in enumerate(block, start=1):
+            try:
+                if text.strip():
+                    self.encode_source([text])
+            except QkvError:
+                return i
+        return 1
+
     def evaluate(self, split: str = "test", *, beam: int = 1) -> dict[str, Any]:
         """Loss, token accuracy, exact match (and BLEU/chrF for translation) on a held-out split."""
         source = build_source(self.config.task, (self.src_tokenizer, self.tgt_tokenizer))
@@ -215,3 +243,11 @@ class TranslationRun(Run):
                 f"attention maps are drawn for Transformer runs; {self.path} is a {self.config.family} baseline run"
             )
         return attention_maps(self, text, target=target, beam=beam)
+
+
+def _chunks(lines: Iterable[str], size: int) -> Iterator[tuple[int, list[str]]]:
+    """(1-based number of the first line, the next ``size`` lines) until ``lines`` runs out."""
+    it, start = iter(lines), 1
+    while block := list(islice(it, size)):
+        yield start, block
+        start += len(block)
