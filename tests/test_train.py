@@ -236,3 +236,12 @@ def test_kept_checkpoints_and_averaging(tmp_path, tiny_overrides, capsys):
     assert "keeps no checkpoint of step 99" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["average", str(run), "--last", "9", "--out", str(tmp_path / "x")]) == 2
     assert main(["train", "--resume", str(out)]) == 2 and "cannot be resumed" in capsys.readouterr().err
+
+
+def test_checkpoints_on_the_clock(tmp_path, tiny_overrides):
+    from qkv.checkpoint import kept_steps
+
+    over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))]
+    over += ["steps=30", "eval_every=30", "save_minutes=0.00001", "keep_last=100"]  # a save after every step
+    train(recipe("reverse"), tmp_path / "r", overrides=over, progress=False, log=lambda m: None)
+    assert kept_steps(tmp_path / "r") == list(range(1, 31))  # no evaluation before step 30: the clock saved them
