@@ -376,7 +376,7 @@ def config_file_overrides(path: Path) -> list[str]:
         if section == "family":
             continue
         if not isinstance(fields, dict):
-            raise QkvError(f"config file {path}: section '{section}' must be an object of field: value")
+            raise QkvError(f"config file {path}: section {shown(section)} must be an object of field: value")
         for name, value in fields.items():
             text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
             out.append(f"{section}.{name}={text}")
@@ -680,7 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][0](args)
     except QkvError as e:
-        print(f"qkv: error: {e}", file=sys.stderr)
+        one_line = " ".join(str(e).splitlines())  # a message quoting odd input still takes one line
+        print(f"qkv: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("qkv: interrupted", file=sys.stderr)

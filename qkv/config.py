@@ -160,5 +160,5 @@ class ConfigBase:
         """A named preset with ``overrides`` applied."""
         presets = cls.presets()
         if name not in presets:
-            raise QkvError(f"unknown {cls.KIND} preset '{name}': choose one of {', '.join(presets)}")
+            raise QkvError(f"unknown {cls.KIND} preset {shown(name)}: choose one of {', '.join(presets)}")
         return replace(presets[name], cls.SECTION, **overrides)

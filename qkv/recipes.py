@@ -261,7 +261,7 @@ DEFAULT_RECIPE = "dates"
 def recipe(name: str) -> RunConfig:
     """The named recipe (see ``RECIPES``)."""
     if name not in RECIPES:
-        raise QkvError(f"unknown preset '{name}': choose one of {', '.join(RECIPES)}")
+        raise QkvError(f"unknown preset {shown(name)}: choose one of {', '.join(RECIPES)}")
     return RECIPES[name]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from qkv.compare import experiments, report
 from qkv.compare.sizes import SIZES, CompareConfig
 from qkv.env import summary_line
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 
 __all__ = ["EXPERIMENTS", "SIZES", "CompareConfig", "Experiment", "Workspace", "run_comparison"]
 
@@ -82,7 +82,7 @@ def run_comparison(
     out = Path(out)
     if isinstance(sizes, str):
         if sizes not in SIZES:
-            raise QkvError(f"unknown sizes '{sizes}': choose one of {', '.join(SIZES)}")
+            raise QkvError(f"unknown sizes {shown(sizes)}: choose one of {', '.join(SIZES)}")
         name, cfg = sizes, SIZES[sizes]
     else:
         name, cfg = "custom", sizes

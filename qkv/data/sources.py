@@ -16,7 +16,7 @@ from qkv.data.bpe import SubwordTokenizer
 from qkv.data.tasks import TaskConfig, get_task
 from qkv.data.text import read_parallel
 from qkv.data.vocab import Vocab
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 
 __all__ = [
     "ParallelSource",
@@ -198,7 +198,7 @@ class ParallelSource:
     def split(self, name: str) -> list[tuple[str, str]]:
         """The ``valid`` or ``test`` pairs, as text."""
         if name not in ("valid", "test"):
-            raise QkvError(f"unknown split '{name}': choose valid or test")
+            raise QkvError(f"unknown split {shown(name)}: choose valid or test")
         return self._read(name)
 
     def train_ids(self) -> tuple[list[list[int]], list[list[int]]]:

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from qkv.config import ConfigBase, check
 from qkv.data.vocab import Vocab
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 
 __all__ = ["TASKS", "Task", "TaskConfig", "get_task"]
 
@@ -115,7 +115,7 @@ class Task:
     def split(self, name: str) -> list[tuple[str, str]]:
         """The fixed ``valid`` or ``test`` split: distinct held-out pairs from a seed of their own."""
         if name not in ("valid", "test"):
-            raise QkvError(f"unknown split '{name}': choose valid or test")
+            raise QkvError(f"unknown split {shown(name)}: choose valid or test")
         size = self.cfg.valid_size if name == "valid" else self.cfg.test_size
         salt = 1 if name == "valid" else 2
         rng = random.Random(f"{self.name}-{salt}")

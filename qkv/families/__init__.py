@@ -17,7 +17,7 @@ from torch import nn
 
 from qkv.data import TaskConfig
 from qkv.data.lm import TextConfig
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 from qkv.families.base import Run, TrainingHooks
 from qkv.families.lm import BERTHooks, BERTRun, GPTHooks, GPTRun
 from qkv.families.translation import TranslationHooks, TranslationRun
@@ -99,7 +99,7 @@ def family_named(name: str) -> Family:
     for family in FAMILIES.values():
         if name == family.name or name in family.aliases:
             return family
-    raise QkvError(f"unknown model family '{name}': choose one of {', '.join(FAMILIES)}")
+    raise QkvError(f"unknown model family {shown(name)}: choose one of {', '.join(FAMILIES)}")
 
 
 def family_of(model_config: Any) -> Family:

@@ -38,12 +38,10 @@ HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "ge
 def read_hf_config(directory: str | Path) -> dict[str, Any]:
     """The config.json of a Hugging Face model directory, checked to be a JSON object."""
     d = Path(directory)
-    if not d.is_dir():
-        raise QkvError(f"{d} is not a directory; give a Hugging Face model directory")
     try:
         config = json.loads((d / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise QkvError(f"{d / 'config.json'} is missing: not a Hugging Face model directory") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise QkvError(f"{d / 'config.json'} is missing: {d} is not a Hugging Face model directory") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise QkvError(f"{d / 'config.json'} is not valid JSON ({e})") from None
     if not isinstance(config, dict):
@@ -98,7 +96,7 @@ def _complete(convert: Any) -> Any:
 def _activation(config: dict[str, Any], key: str) -> str:
     act = config.get(key, "gelu")
     if act not in HF_ACTIVATIONS:
-        raise QkvError(f"activation '{act}' of this checkpoint is not supported ({', '.join(HF_ACTIVATIONS)})")
+        raise QkvError(f"activation {shown(act)} of this checkpoint is not supported ({', '.join(HF_ACTIVATIONS)})")
     return HF_ACTIVATIONS[act]
 
 

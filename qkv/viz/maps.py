@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from qkv.decode import beam_search, greedy
-from qkv.errors import QkvError
+from qkv.errors import QkvError, shown
 
 __all__ = ["KINDS", "AttentionMaps", "attention_maps", "lm_attention_maps"]
 
@@ -49,7 +49,7 @@ class AttentionMaps:
     def check(self, kind: str, layer: int | None = None, head: int | None = None) -> None:
         """Raise a QkvError naming what exists when ``kind``/``layer``/``head`` is out of range."""
         if kind not in self.maps:
-            raise QkvError(f"this model has no '{kind}' attention; choose one of {', '.join(self.kinds)}")
+            raise QkvError(f"this model has no {shown(kind)} attention; choose one of {', '.join(self.kinds)}")
         layers = len(self.maps[kind])
         if layer is not None and not 0 <= layer < layers:
             raise QkvError(f"layer {layer} does not exist: the {KINDS[kind]} has layers 0..{layers - 1}")

@@ -41,7 +41,7 @@ def save_attention(
     path = Path(path)
     fmt = fmt or path.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
-        raise QkvError(f"unknown format '{fmt}': use --format png, svg or json (or a file ending in one)")
+        raise QkvError(f"unknown format {shown(fmt)}: use --format png, svg or json (or a file ending in one)")
     if head not in ("all", "mean") and not head.isdigit():
         raise QkvError(f"--head must be a head number, 'mean' or 'all' (got {shown(head)})")
     maps.check(kind, layer)
