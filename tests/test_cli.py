@@ -279,6 +279,10 @@ def test_more_bad_inputs_are_one_line(tiny_run, tmp_path, capsys):
             "does not exist; create it",
         ),
         (["translate", str(tiny_run), "abc", "--beam", "100000"], "beam width must be from 1 to 64"),
+        (["translate", str(tiny_run), "abc", "--batch-size", "0"], "batch size must be >= 1"),
+        (["train", "reverse", "save_every=-1", "--print-config"], "invalid train.save_every=-1"),
+        (["train", "reverse", "keep_last=-2", "--print-config"], "invalid train.keep_last=-2"),
+        (["train", "reverse", "save_minutes=-1", "--print-config"], "invalid train.save_minutes=-1"),
         (["translate", str(tiny_run), "Z" * 100_000], "not in this model's vocabulary"),
         (["train", "reverse", "d_model=" + "9x" * 50_000], "is not a valid int"),
     ]
