@@ -328,11 +328,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         return 0
     progress = not a.no_progress
     summary = train(cfg, out, resume=resume, overrides=overrides, until_step=a.until_step, progress=progress)
-    if summary.get("stopped") or "eval_split" not in summary:  # stopped early, or not torchrun's rank 0
-        return 0
-    if a.json:
-        print(json.dumps(summary))
-    else:
+    finished = "eval_split" in summary  # absent when stopped early, and on torchrun's other ranks
+    if a.json and (finished or summary.get("stopped")):
+        print(json.dumps(summary))  # a stopped run says so: {"step": N, "stopped": true}
+    elif finished:
         report(api.load(out), summary, out)
     return 0
 

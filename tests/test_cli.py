@@ -331,3 +331,14 @@ def test_translate_a_file_to_a_file(tiny_run, tmp_path):
     assert_user_error(qkv("translate", str(tiny_run), "-i", str(src), "-o", str(tmp_path / "bad.txt")), "line 3:")
     assert not list(tmp_path.glob("bad.txt*"))  # no partial output left behind
     assert_user_error(qkv("translate", str(tiny_run), "abc", "-o", str(tmp_path / "no" / "o.txt")), "does not exist")
+
+
+def test_train_json_reports_a_finished_or_stopped_run(tmp_path, tiny_overrides, capsys):
+    from qkv.cli import main
+
+    over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))] + ["steps=6", "eval_every=3"]
+    assert main(["train", "reverse", *over, "--out", str(tmp_path / "r"), "--until-step", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"step": 3, "stopped": True}
+    assert main(["train", "--resume", str(tmp_path / "r"), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 6 and summary == json.loads((tmp_path / "r" / "summary.json").read_text())
