@@ -1,10 +1,14 @@
-"""Parallel text: one-line errors for bad files, filtering that is counted, BPE, token-budget batches."""
+"""Parallel text: its layouts (two files, TSV, JSON Lines, gzip), one-line errors for bad files, filtering
+that is counted, BPE."""
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import pytest
 
-from qkv.data import SubwordTokenizer, TokenBudgetStream, load_tokenizer, read_parallel
+from qkv.data import SubwordTokenizer, load_tokenizer, read_lines, read_parallel
 from qkv.errors import QkvError
 
 SRC = ["Ein Hund läuft.", "Zwei Männer sitzen auf einer Bank.", "", "Eine Frau liest ein Buch im Park."] * 5
@@ -57,24 +61,44 @@ def test_bpe_round_trip_is_detokenized_text(tmp_path):
     assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (0, 1, 2, 3)
 
 
-def test_token_budget_batches_respect_budget_cover_epoch_and_resume():
-    src = [[5] * (1 + i % 13) for i in range(200)]
-    tgt = [[6] * (1 + (i * 7) % 11) for i in range(200)]
-    stream = TokenBudgetStream(src, tgt, max_tokens=64, seed=3)
-    n = stream.batches_per_epoch
-    seen = []
-    for _ in range(n):
-        b = stream.next_batch()
-        assert b.src.numel() <= 64 and b.tgt_in.numel() <= 64
-        seen.append(b)
-    assert sum(int((b.tgt_out == 2).sum()) for b in seen) == 200  # every pair exactly once
-    state = stream.state_dict()
-    ahead = [stream.next_batch() for _ in range(5)]
-    other = TokenBudgetStream(src, tgt, max_tokens=64, seed=3)
-    other.load_state_dict(state)
-    for a in ahead:
-        b = other.next_batch()
-        assert a.src.equal(b.src) and a.tgt_out.equal(b.tgt_out)
-    assert stream.epoch_batches(0) != stream.epoch_batches(1)  # reshuffled per epoch
-    with pytest.raises(QkvError, match="max_tokens"):
-        TokenBudgetStream(src, tgt, max_tokens=8, seed=0)
+def test_one_tsv_file_reads_like_two_files_and_gzip_like_plain(tmp_path):
+    two = read_parallel(write(tmp_path, "a.de", SRC), write(tmp_path, "a.en", TGT))
+    tsv = write(tmp_path, "pairs.tsv", [f"{x}\t{y}" for x, y in zip(SRC, TGT, strict=True)])
+    packed = tmp_path / "pairs.data"  # compressed, under a name that says nothing: the bytes decide
+    packed.write_bytes(gzip.compress(tsv.read_bytes()))
+    assert read_parallel(tsv).pairs == read_parallel(packed).pairs == two.pairs
+    assert read_parallel(tsv).empty == two.empty == 5
+    assert read_lines(packed) == read_lines(tsv)
+
+
+def test_json_lines_with_default_and_nested_fields(tmp_path):
+    rows = [{"src": x, "tgt": y} for x, y in zip(SRC, TGT, strict=True)]
+    flat = write(tmp_path, "a.jsonl", [json.dumps(r) for r in rows])
+    nested = write(tmp_path, "b.jsonl", [json.dumps({"translation": {"de": r["src"], "en": r["tgt"]}}) for r in rows])
+    expected = read_parallel(write(tmp_path, "a.de", SRC), write(tmp_path, "a.en", TGT)).pairs
+    assert read_parallel(flat).pairs == expected
+    assert read_parallel(nested, fields=("translation.de", "translation.en")).pairs == expected
+    with pytest.raises(QkvError, match=r"b\.jsonl: line 1 has no field 'src' \(it has 'translation'\); set task"):
+        read_parallel(nested)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (["ein\ta", "zwei drei"], r"x: line 2 has 1 tab-separated fields, not 2"),
+        (["a\tb\tc"], r"x: line 1 has 3 tab-separated fields"),
+        (['{"src": "a", "tgt": "b"}', "{oops"], r"x: line 2 is not JSON"),
+        (['{"src": "a", "tgt": 3}'], r"x: line 1: the fields src, tgt must be strings"),
+    ],
+)
+def test_bad_single_files_name_the_line(tmp_path, lines, message):
+    with pytest.raises(QkvError, match=message):
+        read_parallel(write(tmp_path, "x", lines))
+
+
+def test_damaged_gzip_is_one_line(tmp_path):
+    bad = tmp_path / "cut.gz"
+    whole = gzip.compress("".join(f"satz {i}\tsentence {i * 7919 % 10007}\n" for i in range(5000)).encode())
+    bad.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(QkvError, match=r"cut\.gz is a damaged gzip file"):
+        read_parallel(bad)
