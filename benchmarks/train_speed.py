@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import qkv
-from qkv.data import SubwordTokenizer, TokenBudgetStream, read_lines, read_parallel
+from qkv.data import read_lines
+from qkv.data.store import BucketStream, prepare_store
 from qkv.layers import SinusoidalPositionalEncoding
 from qkv.models import TransformerConfig, build_transformer
 from qkv.train import label_smoothed_loss, recipe
@@ -103,13 +106,12 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=1000, help="most test sentences to decode")
     a = p.parse_args()
     rc = recipe("multi30k")
-    pairs = read_parallel(*a.train).pairs
-    tok = SubwordTokenizer.train_bpe([s for s, _ in pairs] + [t for _, t in pairs], rc.task.vocab_size)
-    src = tok.encode_batch([s for s, _ in pairs])
-    tgt = tok.encode_batch([t for _, t in pairs])
-    keep = [i for i in range(len(src)) if max(len(src[i]), len(tgt[i])) <= rc.task.max_len]
-    stream = TokenBudgetStream([src[i] for i in keep], [tgt[i] for i in keep], rc.train.max_tokens, seed=0)
-    batches = [stream.next_batch() for _ in range(a.steps)]
+    with tempfile.TemporaryDirectory() as tmp:  # the batches training draws: a store, cut by token budget
+        store = prepare_store(Path(tmp) / "data", {"train": tuple(a.train), "valid": tuple(a.train)}, vocab_size=8000)
+        tok = store.tokenizers[0]
+        ids = {"bos": tok.bos_id, "eos": tok.eos_id, "pad": tok.pad_id}
+        stream = BucketStream(store, rc.task.max_len, rc.train.max_tokens, seed=0, ids=ids)
+        batches = [stream.next_batch() for _ in range(a.steps)]
     cfg = TransformerConfig(**{**vars(rc.model), "src_vocab_size": len(tok), "tgt_vocab_size": len(tok)})
     print(
         f"multi30k model: d_model {cfg.d_model}, h {cfg.h}, N {cfg.N}, d_ff {cfg.d_ff}, vocab {len(tok)}, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import save_file
 
@@ -22,6 +23,7 @@ from qkv.checkpoint import (
     load_weights,
     new_directory,
 )
+from qkv.data.store import TokenStore, prepare_store
 from qkv.errors import QkvError
 from qkv.families.base import Run
 from qkv.families.lm import BERTRun, GPTRun, LMRun
@@ -37,6 +39,7 @@ __all__ = [
     "TranslationRun",
     "average",
     "load",
+    "prepare",
     "read_run_config",
 ]
 
@@ -84,3 +87,36 @@ def average(run: str | Path, out: str | Path, *, last: int | None = None, steps:
         save_file(weights, tmp / "model.safetensors", metadata={"format": "pt", "step": str(max(steps))})
         atomic_write_json(tmp / "config.json", {**cfg.to_dict(), "averaged_from": {"run": str(path), "steps": steps}})
     return out
+
+
+def prepare(
+    out: str | Path,
+    *,
+    train: list[str | Path],
+    valid: list[str | Path],
+    test: list[str | Path] | None = None,
+    vocab_size: int = 8000,
+    joint: bool = True,
+    tokenizer: str | Path | None = None,
+    fields: tuple[str, str] = ("src", "tgt"),
+    log: Any = None,
+) -> TokenStore:
+    """Tokenize parallel text into a new memory-mapped token store ``out`` (``qkv train --data OUT``
+    trains from it): each split is SRC TGT files or one TSV / JSON Lines file, plain or gzip. The BPE
+    (``vocab_size`` symbols, ``joint`` or one per side) is learned from ``train``, or the tokenizers of
+    the translation run ``tokenizer`` are used."""
+    splits = {}
+    for name, files in (("train", train), ("valid", valid), ("test", test)):
+        if files:
+            if len(files) > 2:
+                raise QkvError(f"--{name} takes SRC TGT (two files) or one TSV or JSON Lines file, not {len(files)}")
+            splits[name] = (str(files[0]), str(files[1]) if len(files) == 2 else None)
+    tokenizers = None
+    if tokenizer is not None:
+        cfg = read_run_config(Path(tokenizer))
+        if not cfg.spec.translation:
+            raise QkvError(f"--tokenizer {tokenizer} is a {cfg.family} run; give a translation run's directory")
+        tokenizers = cfg.spec.run.load_tokenizers(Path(tokenizer))
+    if vocab_size < 16:
+        raise QkvError(f"--vocab-size {vocab_size}: must be >= 16")
+    return prepare_store(out, splits, tokenizers=tokenizers, vocab_size=vocab_size, joint=joint, fields=fields, log=log)

@@ -6,7 +6,10 @@
       model.safetensors           weights (tied weights stored once)
       trainer_state.safetensors   optimizer moments and torch RNG state
       trainer_state.json          step, data position, elapsed time
-      metrics.jsonl               one JSON object per evaluation
+      metrics.jsonl               one JSON object per line: {"kind": "train", …} every train.log_every steps
+                                  (losses, grad norm, lr, tokens/s, peak memory), {"kind": "eval", …} per evaluation
+      data/                       a run trained on --train files: the token store prepared from them
+      tensorboard/                with train.tensorboard: TensorBoard event files of the same numbers
       summary.json                final results (absent while the run is unfinished)
       checkpoints/                with train.keep_last / keep_best: weights only, for averaging
         step-0002200.safetensors  the weights of each of the last K checkpoints (step in the name)
@@ -108,6 +111,22 @@ def read_json(path: Path) -> Any:
         raise QkvError(f"{path} is missing: is this a qkv run directory?") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise QkvError(f"{path} is corrupt ({e}); restore it or train a new run") from None
+
+
+def read_metrics(run: Path, kind: str = "eval") -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl of one ``kind`` (rows written before kinds existed are "eval");
+    a damaged line is skipped."""
+    path = Path(run) / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("kind", "eval") == kind:
+                rows.append(row)
+    return rows
 
 
 def weights_to_save(model: nn.Module) -> dict[str, Tensor]:

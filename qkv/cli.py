@@ -61,6 +61,10 @@ EXAMPLES = {
     "average": """examples:
   qkv train multi30k … keep_last=5 save_every=100 --out runs/m30k
   qkv average runs/m30k --last 5 --out runs/m30k-avg5      # then translate/evaluate it as any run""",
+    "prepare": """examples:
+  qkv prepare --train train.de.gz train.en.gz --valid val.de val.en --test test.de test.en --out data/m30k
+  qkv prepare --train pairs.tsv --valid dev.jsonl --vocab-size 37000 --out data/big
+  qkv train multi30k --data data/m30k --out runs/m30k   # then train from it, in bounded memory""",
     "env": """examples:
   qkv env            # paste into a bug report
   qkv env --json""",
@@ -127,6 +131,8 @@ def synopsis(p: argparse.ArgumentParser) -> str:
             parts.append(f"[{metas[0]}{' …' if action.nargs == '*' else ''}]" if optional else metas[0])
             continue
         flag = action.option_strings[0]
+        if action.nargs == "+" and len(metas) == 2:  # one or two values: --train SRC [TGT]
+            metas = [metas[0], f"[{metas[1]}]"]
         words = flag if action.nargs == 0 else " ".join([flag, *metas])
         parts.append(words if action.required else f"[{words}]")
     return " ".join(parts)
@@ -151,13 +157,8 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
         metavar="[PRESET] [KEY=VALUE …]",
         help=f"a preset ({', '.join(RECIPES)}; default dates) then overrides such as d_model=256 train.steps=500",
     )
-    for split in ("train", "valid", "test"):
-        t.add_argument(
-            f"--{split}",
-            nargs=2,
-            metavar=("SRC", "TGT"),
-            help=f"parallel text {split} files, one sentence per line (sets task.{split}_src/_tgt)",
-        )
+    add_parallel_arguments(t)
+    t.add_argument("--data", type=Path, metavar="DATA", help="a token store written by qkv prepare (sets task.data)")
     t.add_argument("--text", type=Path, metavar="FILE", help="a text file for a language model (sets task.path)")
     t.add_argument("--valid-text", type=Path, metavar="FILE", help="validation text (default: the last 10%%)")
     t.add_argument("--config", type=Path, metavar="FILE", help="a JSON file with model/train/task sections")
@@ -172,7 +173,8 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", type=Path, metavar="DIR", help="run directory to create (default: runs/PRESET-TIME)")
     t.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN exactly where it stopped")
     t.add_argument("--until-step", type=int, metavar="N", help="stop (resumably) after step N")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar: a plain line every log_every steps")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (sets train.tensorboard)")
     t.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     t.add_argument("--json", action="store_true", help="print the final summary as JSON instead of examples")
 
@@ -182,9 +184,11 @@ def add_translate_arguments(tr: argparse.ArgumentParser) -> None:
     _run_argument(tr)
     tr.add_argument("text", nargs="*", metavar="TEXT", help="texts to translate (default: lines of stdin)")
     tr.add_argument("-i", "--input", type=Path, metavar="FILE", help="translate the lines of FILE")
-    tr.add_argument("--beam", type=int, default=1, metavar="K", help="beam width (1 = greedy, the default)")
-    tr.add_argument("--alpha", type=float, default=0.6, metavar="A", help="GNMT length penalty (default 0.6)")
-    tr.add_argument("--max-len", type=int, metavar="N", help="most target tokens (default 2·source + 10)")
+    tr.add_argument("--beam", type=int, metavar="K", help="beam width (1 = greedy; default: the run's decode.beam)")
+    tr.add_argument("--alpha", type=float, metavar="A", help="GNMT length penalty (default: the run's decode.alpha)")
+    tr.add_argument(
+        "--max-len", type=int, metavar="N", help="most target tokens (default: the run's decode.max_len_a·S + _b)"
+    )
     tr.add_argument(
         "-o", "--output", type=Path, metavar="FILE", help="write the translations to FILE (default: stdout)"
     )
@@ -200,8 +204,8 @@ def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     )
     ev.add_argument("--src", type=Path, metavar="FILE", help="score the translation of FILE instead of a split")
     ev.add_argument("--ref", type=Path, metavar="FILE", help="references for --src, one per line")
-    ev.add_argument("--beam", type=int, default=1, metavar="K", help="beam width (1 = greedy)")
-    ev.add_argument("--alpha", type=float, default=0.6, metavar="A", help="GNMT length penalty for beam search")
+    ev.add_argument("--beam", type=int, metavar="K", help="beam width (1 = greedy; default: the run's decode.beam)")
+    ev.add_argument("--alpha", type=float, metavar="A", help="GNMT length penalty (default: the run's decode.alpha)")
 
 
 def add_attention_arguments(at: argparse.ArgumentParser) -> None:
@@ -284,6 +288,35 @@ def add_average_arguments(av: argparse.ArgumentParser) -> None:
     av.add_argument("--out", type=Path, required=True, metavar="NEW", help="run directory to create")
 
 
+def add_parallel_arguments(p: argparse.ArgumentParser, required: tuple[str, ...] = ()) -> None:
+    """``--train``, ``--valid``, ``--test``: parallel text as two aligned files or one TSV/JSON Lines file."""
+    for split in ("train", "valid", "test"):
+        p.add_argument(
+            f"--{split}",
+            nargs="+",
+            required=split in required,
+            type=Path,
+            metavar=("SRC", "TGT"),
+            help=f"{split} pairs: SRC TGT (one sentence per line each) or one TSV or JSON Lines file; .gz is read too",
+        )
+
+
+def add_prepare_arguments(pr: argparse.ArgumentParser) -> None:
+    """``qkv prepare``'s arguments."""
+    add_parallel_arguments(pr, required=("train", "valid"))
+    pr.add_argument("--vocab-size", type=int, default=8000, metavar="N", help="BPE symbols to learn (default 8000)")
+    pr.add_argument("--separate-vocab", action="store_true", help="one BPE per side instead of one joint BPE")
+    pr.add_argument("--tokenizer", type=Path, metavar="RUN", help="use a translation run's tokenizers (no BPE learned)")
+    pr.add_argument(
+        "--fields",
+        default="src,tgt",
+        metavar="SRC,TGT",
+        help="JSON Lines field names (default src,tgt; dotted = nested)",
+    )
+    pr.add_argument("--out", type=Path, required=True, metavar="DATA", help="store directory to create")
+    pr.add_argument("--json", action="store_true", help="print the store's manifest as JSON")
+
+
 def add_env_arguments(en: argparse.ArgumentParser) -> None:
     """``qkv env``'s arguments."""
     en.add_argument("--json", action="store_true", help="print the environment as one JSON object")
@@ -292,36 +325,34 @@ def add_env_arguments(en: argparse.ArgumentParser) -> None:
 def cmd_train(a: argparse.Namespace) -> int:
     """``qkv train``: train (or resume) and print example translations, the summary, or the config."""
     from qkv import api
-    from qkv.train import DEFAULT_RECIPE, recipe, resolve_config, train
+    from qkv.train import DEFAULT_RECIPE, resolve_config, train
 
+    positionals_back(a, ("train", "valid", "test"))
     preset, overrides = DEFAULT_RECIPE, list(a.args)
-    if overrides and "=" not in overrides[0]:
+    named = bool(overrides) and "=" not in overrides[0]
+    if named:
         preset = overrides.pop(0)
+    data = {k: getattr(a, k) for k in DATA_FLAGS}
+    if not named and a.config is None:  # the bare form: the data chooses the preset
+        preset = "multi30k" if data["train"] or data["data"] else "shakespeare-char" if data["text"] else preset
     family = a.family
-    if a.config is not None:
-        overrides = config_file_overrides(a.config) + overrides
-        family = family or config_file_family(a.config)
-    for split in ("train", "valid", "test"):
-        files = getattr(a, split)
-        if files:
-            overrides += [f"task.{split}_src={files[0]}", f"task.{split}_tgt={files[1]}"]
-            if preset == DEFAULT_RECIPE and not a.args:
-                preset = "multi30k"
-    if a.text is not None:
-        overrides.append(f"task.path={a.text}")
-        if preset == DEFAULT_RECIPE and not a.args:
-            preset = "shakespeare-char"
-    if a.valid_text is not None:
-        overrides.append(f"task.valid_path={a.valid_text}")
+    if a.tensorboard:
+        overrides.append("train.tensorboard=true")
     resume = a.resume is not None
     if resume:
-        if a.args and "=" not in a.args[0]:
+        given = [k for k, v in data.items() if v]
+        if named:
             raise QkvError("--resume continues a run with its own config: drop the preset (overrides may stay)")
         if a.out is not None:
             raise QkvError("--resume writes into RUN itself: drop --out")
         if family is not None:
             raise QkvError("--resume continues a run with its own model family: drop --family")
-    cfg = None if resume else recipe(preset) if family is None else recipe(preset).with_family(family)
+        if given:
+            raise QkvError(f"--resume continues a run on its own data: drop --{given[0].replace('_', '-')}")
+        cfg = None
+    else:
+        cfg = configured(preset, family, a.config, data, overrides)
+        overrides = []
     out = a.resume or a.out or Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if a.print_config:
         print(json.dumps(resolve_config(cfg, out, resume, overrides).to_dict(), indent=2))
@@ -334,6 +365,39 @@ def cmd_train(a: argparse.Namespace) -> int:
     elif finished:
         report(api.load(out), summary, out)
     return 0
+
+
+DATA_FLAGS = ("train", "valid", "test", "data", "text", "valid_text")
+
+
+def positionals_back(a: argparse.Namespace, flags: tuple[str, ...]) -> None:
+    """Give back to ``a.args`` what a many-file flag took from the positionals after it: a KEY=VALUE or a
+    preset name that is not a file (``qkv train --train pairs.tsv multi30k steps=9``)."""
+    from qkv.train import RECIPES
+
+    for flag in flags:
+        files = getattr(a, flag)
+        while files and not files[-1].exists() and ("=" in str(files[-1]) or str(files[-1]) in RECIPES):
+            word = str(files.pop())
+            a.args.insert(0, word) if word in RECIPES else a.args.append(word)
+
+
+def configured(preset: str, family: str | None, config: Path | None, data: dict[str, Any], overrides: list[str]) -> Any:
+    """A new run's config: the preset (as ``family``), then a ``--config`` file, then the data flags,
+    then KEY=VALUE overrides — each given thing takes effect or is refused."""
+    from qkv.train import recipe
+
+    file_overrides = []
+    if config is not None:
+        file_overrides = config_file_overrides(config)
+        family = family or config_file_family(config)
+    cfg = recipe(preset) if family is None else recipe(preset).with_family(family)
+    cfg = cfg.with_overrides(file_overrides, strict=False).with_data(f"'{preset}'", **data)
+    flag = next((k for k in ("train", "valid", "test", "data") if data[k]), None)
+    named = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("name", "task.name")]
+    if flag and named and named[-1] != "parallel":
+        raise QkvError(f"--{flag} gives parallel text, but task.name={named[-1]} asks for another task; drop one")
+    return cfg.with_overrides(overrides)
 
 
 def report(run: Any, summary: dict[str, Any], out: Path) -> None:
@@ -466,7 +530,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             print(f"{name} {res[key]:.2f}  ({res[key + '_signature']})", file=sys.stderr)
         print(json.dumps(res))
         return 0
-    print(json.dumps(run.evaluate(a.split, beam=a.beam)))
+    print(json.dumps(run.evaluate(a.split, beam=a.beam, alpha=a.alpha)))
     return 0
 
 
@@ -607,6 +671,32 @@ def cmd_average(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(a: argparse.Namespace) -> int:
+    """``qkv prepare``: tokenize parallel text once into a memory-mapped token store."""
+    from qkv import api
+    from qkv.data.store import describe
+
+    fields = tuple(f.strip() for f in a.fields.split(","))
+    if len(fields) != 2 or not all(fields):
+        raise QkvError(f"--fields {shown(a.fields)}: give two field names separated by a comma, e.g. de,en")
+    if a.tokenizer is not None and (a.vocab_size != 8000 or a.separate_vocab):
+        raise QkvError("--tokenizer RUN brings its own vocabulary: drop --vocab-size / --separate-vocab")
+    say = (lambda msg: print(msg, file=sys.stderr)) if not a.json else None
+    store = api.prepare(
+        a.out,
+        train=a.train,
+        valid=a.valid,
+        test=a.test,
+        vocab_size=a.vocab_size,
+        joint=not a.separate_vocab,
+        tokenizer=a.tokenizer,
+        fields=fields,  # type: ignore[arg-type]
+        log=say,
+    )
+    print(json.dumps(store.manifest) if a.json else f"qkv: wrote token store {describe(store)}")
+    return 0
+
+
 def cmd_env(a: argparse.Namespace) -> int:
     """``qkv env``: versions, CPU features, threads and devices, for bug reports."""
     from qkv.env import environment, format_environment
@@ -638,6 +728,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     ),
     "info": (cmd_info, _run_argument, "config, parameters, last metrics"),
     "average": (cmd_average, add_average_arguments, "average the weights of a run's last checkpoints"),
+    "prepare": (cmd_prepare, add_prepare_arguments, "tokenize parallel text once into a memory-mapped store"),
     "env": (cmd_env, add_env_arguments, "versions, CPU features, threads and devices, for bug reports"),
 }
 

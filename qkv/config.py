@@ -150,6 +150,11 @@ class ConfigBase:
         """Named presets of this config."""
         return {}
 
+    def reads(self) -> tuple[str, ...]:
+        """The fields that take effect with this config's other values (all of them unless a subclass
+        says otherwise); setting one that does not is refused rather than silently ignored."""
+        return tuple(field_names(type(self)))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
         """Build from a dict (as stored in config.json), rejecting unknown fields."""

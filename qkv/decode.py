@@ -18,17 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from qkv.config import ConfigBase, check
 from qkv.errors import QkvError
 from qkv.layers import DecoderCache
 from qkv.models.translation import EncoderDecoderModel as EncoderDecoder
 
 __all__ = [
     "MAX_BEAM",
+    "DecodeConfig",
     "EncoderDecoder",
     "Hypothesis",
     "beam_search",
@@ -59,9 +61,35 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def default_max_len(model: EncoderDecoder, src: Tensor) -> int:
-    """Target length limit: 2·S + 10, within the model's max_len."""
-    return min(2 * src.size(1) + 10, model.cfg.max_len - 1)
+def default_max_len(model: EncoderDecoder, src: Tensor, a: float = 2.0, b: int = 10) -> int:
+    """Target length limit: a·S + b (default 2·S + 10) for a source of S tokens, within the model's max_len."""
+    return max(1, min(int(a * src.size(1) + b), model.cfg.max_len - 1))
+
+
+@dataclass
+class DecodeConfig(ConfigBase):
+    """How a run translates unless told otherwise (a section of the run's config, set by its preset):
+    beam width (1 = greedy), the GNMT length penalty ``alpha``, and at most ``max_len_a`` · S +
+    ``max_len_b`` target tokens for a source of S tokens (the paper: beam 4, α 0.6, S + 50)."""
+
+    SECTION: ClassVar[str] = "decode"
+
+    beam: int = 1
+    alpha: float = 0.6
+    max_len_a: float = 2.0
+    max_len_b: int = 10
+
+    def __post_init__(self) -> None:
+        s = "decode"
+        check(1 <= self.beam <= MAX_BEAM, s, "beam", self.beam, f"must be from 1 to {MAX_BEAM}")
+        check(self.alpha >= 0, s, "alpha", self.alpha, "must be >= 0 (0 = no length penalty)")
+        check(self.max_len_a >= 0, s, "max_len_a", self.max_len_a, "must be >= 0")
+        check(self.max_len_b >= 0, s, "max_len_b", self.max_len_b, "must be >= 0")
+        check(self.max_len_a > 0 or self.max_len_b > 0, s, "max_len_b", self.max_len_b, "a or b must be > 0")
+
+    def max_len(self, model: EncoderDecoder, src: Tensor) -> int:
+        """The target length limit for the sources ``src`` (B, S)."""
+        return default_max_len(model, src, self.max_len_a, self.max_len_b)
 
 
 def next_log_probs(model: EncoderDecoder, prefix: Tensor, memory: Tensor, src_mask: Tensor, cache: Any) -> Tensor:

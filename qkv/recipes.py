@@ -8,6 +8,7 @@ whose type names the family: see :mod:`qkv.families`), ``train`` (``TrainConfig`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,11 @@ from qkv.config import (
 )
 from qkv.data import TaskConfig
 from qkv.data.lm import TextConfig
+from qkv.decode import DecodeConfig
 from qkv.errors import QkvError, shown
 from qkv.families import TRANSLATION_FAMILIES, Family, family_named, family_of
 from qkv.models import BERTConfig, GPTConfig, TransformerConfig
+from qkv.models.transformer import TRANSFORMER_PRESETS
 
 __all__ = ["DEFAULT_RECIPE", "RECIPES", "TRANSLATION_FAMILIES", "RunConfig", "TrainConfig", "read_run_config", "recipe"]
 
@@ -43,7 +46,10 @@ class TrainConfig:
     Checkpoints: at every evaluation (``eval_every``), every ``save_every`` steps, and every
     ``save_minutes`` of wall time (the paper's 10 minutes); the run's top level holds the latest.
     ``keep_last`` > 0 also keeps the weights of the last K checkpoints in ``checkpoints/`` (for
-    ``qkv average``); ``keep_best`` keeps the weights of the best validation score there too."""
+    ``qkv average``); ``keep_best`` keeps the weights of the best validation score there too.
+
+    Logs: every ``log_every`` steps a ``{"kind": "train"}`` row in metrics.jsonl (and a plain line when
+    there is no progress bar); ``tensorboard`` also writes TensorBoard event files (``RUN/tensorboard``)."""
 
     steps: int = 2000
     batch_size: int = 64
@@ -67,6 +73,8 @@ class TrainConfig:
     save_minutes: float = 10.0
     keep_last: int = 0
     keep_best: bool = False
+    log_every: int = 100
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         s = "train"
@@ -93,6 +101,7 @@ class TrainConfig:
         check(self.save_every >= 0, s, "save_every", self.save_every, "must be >= 0 (0 = only on the clock)")
         check(self.save_minutes >= 0, s, "save_minutes", self.save_minutes, "must be >= 0 (0 = no clock)")
         check(self.keep_last >= 0, s, "keep_last", self.keep_last, "must be >= 0 (0 = keep only the latest)")
+        check(self.log_every >= 0, s, "log_every", self.log_every, "must be >= 0 (0 = no train rows or lines)")
 
 
 @dataclass
@@ -102,8 +111,9 @@ class RunConfig:
     model: Any = field(default_factory=TransformerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     task: Any = field(default_factory=TaskConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
 
-    SECTIONS = ("model", "train", "task")
+    SECTIONS = ("model", "train", "task", "decode")
 
     def __post_init__(self) -> None:
         task_cls = self.spec.task
@@ -140,7 +150,7 @@ class RunConfig:
                 f"only {', '.join(TRANSLATION_FAMILIES)} share their data"
             )
         kept = {k: getattr(self.model, k) for k in ("d_model", "max_len", "share_embeddings", "pad_id")}
-        return RunConfig(model=target.config(**kept), train=self.train, task=self.task)
+        return dataclasses.replace(self, model=target.config(**kept))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, as stored in config.json."""
@@ -154,36 +164,115 @@ class RunConfig:
             model=config_from_dict(family.config, data["model"], "model"),
             train=config_from_dict(TrainConfig, data["train"], "train"),
             task=config_from_dict(family.task, data["task"], "task"),
+            decode=config_from_dict(DecodeConfig, data.get("decode", {}), "decode"),  # older runs lack it
         )
 
-    def with_overrides(self, overrides: list[str], sections: tuple[str, ...] = SECTIONS) -> RunConfig:
-        """Apply ``key=value`` strings; ``key`` is ``section.field`` or a field name unique to one section."""
+    def with_overrides(
+        self, overrides: list[str], sections: tuple[str, ...] = SECTIONS, *, strict: bool = True
+    ) -> RunConfig:
+        """Apply ``key=value`` strings; ``key`` is ``section.field`` or a field name unique to one section.
+        With ``strict``, a task field that the resulting task does not read is an error (not ignored)."""
         changes: dict[str, dict[str, Any]] = {s: {} for s in self.SECTIONS}
         classes = {s: type(getattr(self, s)) for s in self.SECTIONS}
         for item in overrides:
-            if "=" not in item or item.startswith("="):
-                raise QkvError(
-                    f"malformed override {shown(item)}: write KEY=VALUE, e.g. d_model=256 or train.steps=500"
-                )
-            key, value = item.split("=", 1)
-            fields = {s: field_names(classes[s]) for s in self.SECTIONS}
-            if "." in key:
-                section, name = key.split(".", 1)
-                if section not in self.SECTIONS:
-                    raise QkvError(f"unknown section {shown(section)} in {shown(item)}: use {', '.join(self.SECTIONS)}")
-                if name not in fields[section]:
-                    raise unknown_field(name, fields, section)
-            else:
-                owners = [s for s in self.SECTIONS if key in fields[s]]
-                if len(owners) > 1:
-                    raise QkvError(f"'{key}' is ambiguous: write {' or '.join(f'{s}.{key}' for s in owners)}")
-                if not owners:
-                    raise unknown_field(key, fields)
-                section, name = owners[0], key
+            section, name, value = self._parse_override(item, classes)
             if section not in sections:
                 raise QkvError(f"{section}.{name} cannot change when resuming; only {', '.join(sections)} can")
             changes[section][name] = parse_override_value(classes[section], name, value, section)
-        return RunConfig(**{s: replace(getattr(self, s), s, **changes[s]) for s in self.SECTIONS})
+        out = RunConfig(**{s: replace(getattr(self, s), s, **changes[s]) for s in self.SECTIONS})
+        if strict:
+            out.check_read(set(changes["task"]))
+        return out
+
+    def _parse_override(self, item: str, classes: dict[str, type]) -> tuple[str, str, str]:
+        """(section, field, value text) of one ``key=value``."""
+        if "=" not in item or item.startswith("="):
+            raise QkvError(f"malformed override {shown(item)}: write KEY=VALUE, e.g. d_model=256 or train.steps=500")
+        key, value = item.split("=", 1)
+        fields = {s: field_names(classes[s]) for s in self.SECTIONS}
+        if "." in key:
+            section, name = key.split(".", 1)
+            if section not in self.SECTIONS:
+                raise QkvError(f"unknown section {shown(section)} in {shown(item)}: use {', '.join(self.SECTIONS)}")
+            if name not in fields[section]:
+                raise unknown_field(name, fields, section)
+            return section, name, value
+        owners = [s for s in self.SECTIONS if key in fields[s]]
+        if len(owners) > 1:
+            raise QkvError(f"'{key}' is ambiguous: write {' or '.join(f'{s}.{key}' for s in owners)}")
+        if not owners:
+            raise unknown_field(key, fields)
+        return owners[0], key, value
+
+    def check_read(self, task_fields: set[str]) -> None:
+        """Refuse task fields a user set that this config's task does not read (e.g. ``task.min_len`` for
+        parallel text, ``task.vocab_size`` for the dates task)."""
+        unread = sorted(task_fields - set(self.task.reads()))
+        if unread:
+            what = f"the {self.task.name} task" if isinstance(self.task, TaskConfig) else "this text task"
+            raise QkvError(
+                f"task.{unread[0]} does nothing for {what} (it reads {', '.join(self.task.reads())}); "
+                "drop it, or choose the task that reads it"
+            )
+
+    def with_data(self, name: str = "this preset", **given: Any) -> RunConfig:
+        """The same model and recipe on the data a user gave: ``train``/``valid``/``test`` (one or two
+        paths each: parallel text) or ``data`` (a ``qkv prepare`` store) for a translation config,
+        ``text``/``valid_text`` for a language model. A built-in task gives way to parallel text; files
+        must exist; data of the other kind is refused, naming ``name`` (the preset)."""
+        given = {k: v for k, v in given.items() if v}
+        if not given:
+            return self
+        if self.spec.translation:
+            return dataclasses.replace(self, task=self._parallel_task(name, given))
+        wrong = [k for k in given if k not in ("text", "valid_text")]
+        if wrong:
+            raise QkvError(
+                f"--{wrong[0].replace('_', '-')} is data for translation presets ({', '.join(_presets(True))}); "
+                f"{name} is a {self.family} preset and reads --text FILE [--valid-text FILE]"
+            )
+        paths = {"path": given.get("text"), "valid_path": given.get("valid_text")}
+        paths = {k: _existing(v) for k, v in paths.items() if v}
+        return dataclasses.replace(self, task=replace(self.task, "task", **paths))
+
+    def _parallel_task(self, name: str, given: dict[str, Any]) -> TaskConfig:
+        """This config's task on the given parallel files or store."""
+        if "text" in given or "valid_text" in given:
+            raise QkvError(
+                f"--text is data for language-model presets ({', '.join(_presets(False))}); {name} is a "
+                f"{self.family} preset and reads --train SRC TGT --valid SRC TGT (or --data DATA)"
+            )
+        if "data" in given and any(k in given for k in ("train", "valid", "test")):
+            raise QkvError("give --data DATA (a prepared store) or --train/--valid/--test files, not both")
+        task = self.task
+        if task.name != "parallel":  # a built-in task's limits mean nothing for text: room for the model's
+            task = TaskConfig(name="parallel", max_len=self.model.max_len - 2)
+        changes: dict[str, Any] = {f"{s}_{side}": None for s in ("train", "valid", "test") for side in ("src", "tgt")}
+        changes["data"] = _existing(given["data"], directory=True) if "data" in given else None
+        for split in ("train", "valid", "test"):
+            files = [_existing(f) for f in given.get(split) or ()]
+            if len(files) > 2:
+                raise QkvError(f"--{split} takes SRC TGT (two files) or one TSV or JSON Lines file, not {len(files)}")
+            if files:
+                changes[f"{split}_src"], changes[f"{split}_tgt"] = files[0], (files[1] if len(files) == 2 else None)
+        return replace(task, "task", **changes)
+
+
+def _presets(translation: bool) -> list[str]:
+    """The names of the presets of translation (or language-model) families."""
+    return [n for n, r in RECIPES.items() if r.spec.translation == translation]
+
+
+def _existing(path: str | Path, *, directory: bool = False) -> str:
+    """``path`` made absolute, or a QkvError when it does not exist (or is not of the kind asked)."""
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise QkvError(f"{path}: no such {'directory' if directory else 'file'}; check the path")
+    if directory and not p.is_dir():
+        raise QkvError(f"{path} is a file; --data takes the directory `qkv prepare --out` wrote")
+    if not directory and p.is_dir():
+        raise QkvError(f"{path} is a directory; give a text file (plain or .gz)")
+    return str(p)
 
 
 # Named recipes for `qkv train PRESET`. "dates" is the built-in default.
@@ -249,6 +338,33 @@ RECIPES: dict[str, RunConfig] = {
         ),
         task=TextConfig(tokenizer="char"),
     ),
+    # The paper's WMT 2014 English-German recipe (sections 5.1-5.4, 6.1, Table 3): a shared BPE of
+    # 37,000, batches of ~25,000 source + 25,000 target tokens (max_tokens × accum × processes: 3,125 × 8
+    # on one process, accum=1 on 8 GPUs), Adam β2 0.98, the Noam schedule with 4,000 warmup steps, label
+    # smoothing 0.1, a checkpoint every 10 minutes, the last 5 (base) / 20 (big) kept for averaging,
+    # decoding with beam 4, α 0.6, at most input + 50 tokens. Give the data with --data (qkv prepare).
+    **{
+        name: RunConfig(
+            model=replace(TRANSFORMER_PRESETS[shape], "model", max_len=320, share_embeddings="all"),
+            train=TrainConfig(
+                steps=steps,
+                max_tokens=3125,
+                accum=8,
+                lr=1.0,
+                schedule="noam",
+                warmup=4000,
+                betas=(0.9, 0.98),
+                eps=1e-9,
+                label_smoothing=0.1,
+                eval_every=5000,
+                save_minutes=10,
+                keep_last=keep,
+            ),
+            task=TaskConfig(name="parallel", max_len=250, vocab_size=37000, joint_vocab=True),
+            decode=DecodeConfig(beam=4, alpha=0.6, max_len_a=1.0, max_len_b=50),
+        )
+        for name, shape, steps, keep in (("wmt14-base", "base", 100_000, 5), ("wmt14-big", "big", 300_000, 20))
+    },
     "base": RunConfig(model=TransformerConfig(), train=TrainConfig(steps=100_000, batch_size=64)),
     "big": RunConfig(
         model=TransformerConfig(d_model=1024, h=16, N=6, d_ff=4096, dropout=0.3),

@@ -11,8 +11,10 @@ schedules are options; so are gradient clipping and gradient accumulation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -46,6 +48,7 @@ from qkv.families.base import TrainingHooks
 from qkv.models import count_parameters
 from qkv.objectives import label_smoothed_loss
 from qkv.recipes import DEFAULT_RECIPE, RECIPES, RunConfig, TrainConfig, read_run_config, recipe
+from qkv.trainlog import TrainLog
 
 __all__ = [
     "DEFAULT_RECIPE",
@@ -147,14 +150,16 @@ def train_step(
 
 def _prepare_out_dir(out: Path) -> None:
     """A directory for a new run: absent, empty, or left by a run killed before it wrote config.json (then
-    it holds only tokenizer files, which are written again)."""
+    it holds only tokenizer files and data being prepared, which are made again)."""
     if out.exists() and out.is_dir():
         names = {p.name for p in out.iterdir()}
         leftovers = {n for f in FAMILIES.values() for n in f.run.TOKENIZER_FILES} | {
-            n for n in names if n.endswith(".partial")
+            n for n in names if n.endswith(".partial") or n == "data" or n.startswith(".data.")
         }
         if names <= leftovers:
-            out.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                if (out / name).is_dir():
+                    shutil.rmtree(out / name)
             return
     if out.exists():
         raise QkvError(f"{out} already exists and is not empty; resume it with --resume {out} or choose another --out")
@@ -212,13 +217,13 @@ def resolve_config(cfg: RunConfig | None, out: Path, resume: bool, overrides: li
     """The config a run will train with: ``cfg`` (default: the default recipe) with ``overrides`` and data
     paths made absolute, or when resuming, the run's own config with overrides of its train section."""
     if resume:
-        return read_run_config(out).with_overrides(overrides, sections=("train",))
+        return read_run_config(out).with_overrides(overrides, sections=("train", "decode"))
     cfg = (cfg or recipe(DEFAULT_RECIPE)).with_overrides(overrides)
     if cfg.spec.translation:
-        return RunConfig(model=cfg.model, train=cfg.train, task=resolve_paths(cfg.task))
+        return dataclasses.replace(cfg, task=resolve_paths(cfg.task))
     task = cfg.task
     paths = {k: str(Path(v).expanduser().resolve()) for k in ("path", "valid_path") if (v := getattr(task, k))}
-    return RunConfig(model=cfg.model, train=cfg.train, task=replace_section(task, "task", **paths))
+    return dataclasses.replace(cfg, task=replace_section(task, "task", **paths))
 
 
 def train(
@@ -250,8 +255,15 @@ def train(
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, dist.local_rank)
     dist.start(device)
+    created = not out.exists()
     try:
-        return Trainer(cfg, out, resume=resume, dist=dist, device=device, say=say).run(until_step, progress)
+        try:
+            trainer = Trainer(cfg, out, resume=resume, dist=dist, device=device, say=say)
+        except QkvError:
+            if created and dist.main and not (out / "config.json").exists():
+                shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing behind
+            raise
+        return trainer.run(until_step, progress)
     finally:
         dist.stop()
 
@@ -278,10 +290,8 @@ class Trainer:
         self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
         self._last_save = time.perf_counter()
         self._open_directory()
-        spec = cfg.spec
-        tokenizers = spec.run.load_tokenizers(out) if resume else None
-        self.hooks: TrainingHooks = spec.hooks(spec, cfg, tokenizers, log=say)  # type: ignore[call-arg]
-        self.cfg = RunConfig(model=self.hooks.model_config(), train=cfg.train, task=cfg.task)
+        self.hooks = self._make_hooks(cfg)
+        self.cfg = dataclasses.replace(cfg, model=self.hooks.model_config())
         torch.manual_seed(self.cfg.train.seed)
         self.core, trained = self.hooks.build(self.cfg.model)
         self.core.to(self.device)
@@ -292,6 +302,25 @@ class Trainer:
             torch.manual_seed(self.cfg.train.seed + 7919 * self.dist.rank + self.step)  # dropout differs per rank
         self.model = self.dist.wrap(trained, self.device)
         self.parameters = count_parameters(self.core)
+
+    def _make_hooks(self, cfg: RunConfig) -> TrainingHooks:
+        """The family's training hooks, which read (and for parallel files, prepare into the run directory)
+        the data: rank 0 first, then the other ranks, who find what it prepared."""
+        spec = cfg.spec
+        tokenizers = spec.run.load_tokenizers(self.out) if self.resume else None
+
+        def make() -> TrainingHooks:
+            return spec.hooks(spec, cfg, tokenizers, log=self.say, workdir=self.out)  # type: ignore[call-arg]
+
+        hooks, error = None, None
+        if self.dist.main:
+            try:
+                hooks = make()
+            except QkvError as e:
+                error = e
+        if not self.dist.broadcast_ok(error is None):
+            raise error or QkvError("rank 0 could not read the training data; see its message")
+        return hooks or make()
 
     def _open_directory(self) -> None:
         """Resuming: finish or roll back a checkpoint write a kill left halfway. A new run: rank 0 checks
@@ -345,23 +374,34 @@ class Trainer:
             f"({self.device}{processes}), run directory {self.out}"
         )
         last = min(until_step if until_step is not None else tc.steps, tc.steps)
-        bar = _ProgressBar(progress and dist.main, self.step, tc.steps)
+        self.log = TrainLog(
+            self.out,
+            log_every=tc.log_every,
+            tensorboard=tc.tensorboard,
+            main=dist.main,
+            progress=progress,
+            step=self.step,
+            total=tc.steps,
+            device=self.device,
+            say=self.say,
+        )
         t_start = time.perf_counter() - self.elapsed
         self._last_save = time.perf_counter()
         with _StopFlag() as flag:
             while self.step < last:
-                stats = self.train_one_step()
+                stats, nll = self.train_one_step()
                 self.elapsed = time.perf_counter() - t_start
-                bar.update(stats)
+                self.log.step(self.step, stats, self.elapsed, nll)
                 stop_now = dist.broadcast_ok(flag.stop) if dist.world_size > 1 else flag.stop
                 if self.step % tc.eval_every == 0 or self.step == last or stop_now:
-                    self.evaluate_and_save(stats, bar)
+                    self.evaluate_and_save(stats)
                     t_start = time.perf_counter() - self.elapsed  # evaluation time is not training time
+                    self.log.pause()
                 elif self._save_due():
                     self.checkpoint()
                 if stop_now:
                     break
-        bar.close()
+        self.log.close()
         if self.step < tc.steps:
             why = f" ({flag.signal_name})" if flag.signal_name else ""
             self.say(f"qkv: stopped at step {self.step}/{tc.steps}{why}; continue with: qkv train --resume {self.out}")
@@ -374,12 +414,14 @@ class Trainer:
         by_steps = tc.save_every > 0 and self.step % tc.save_every == 0
         return by_steps or (tc.save_minutes > 0 and time.perf_counter() - self._last_save >= 60 * tc.save_minutes)
 
-    def train_one_step(self) -> StepStats:
-        """One optimizer step on the next global batch (the same on every rank; each trains on its share)."""
+    def train_one_step(self) -> tuple[StepStats, float | None]:
+        """One optimizer step on the next global batch (the same on every rank; each trains on its share);
+        with the step's plain NLL per token (of this rank's share) when the step is logged."""
         tc, dist = self.cfg.train, self.dist
         batches = [self.stream.next_batch() for _ in range(dist.world_size * tc.accum)]
         total_tokens = sum(b.num_target_tokens for b in batches)
         mine = [b.to(self.device) for b in batches[dist.rank :: dist.world_size]]
+        self.hooks.nll = [] if self.log.wants_nll(self.step + 1) else None
         stats = train_step(
             self.model,
             self.optimizer,
@@ -390,12 +432,14 @@ class Trainer:
             total_tokens=total_tokens,
             world_size=dist.world_size,
         )
+        nll = None if self.hooks.nll is None else sum(self.hooks.nll) / sum(b.num_target_tokens for b in mine)
+        self.hooks.nll = None
         self.step += 1
         self.tokens_seen += total_tokens
-        return stats
+        return stats, nll
 
-    def evaluate_and_save(self, stats: StepStats, bar: _ProgressBar) -> None:
-        """Rank 0: evaluate on the validation split, checkpoint, log a metrics line; every rank waits."""
+    def evaluate_and_save(self, stats: StepStats) -> None:
+        """Rank 0: evaluate on the validation split, checkpoint, log a metrics row; every rank waits."""
         if self.dist.main:
             metrics = self.hooks.evaluate(self.core, "valid")
             row = {"step": self.step, "elapsed_s": round(self.elapsed, 2), "lr": stats.lr, "train_loss": stats.loss}
@@ -405,9 +449,7 @@ class Trainer:
                 bleu = "bleu" in metrics
                 value = metrics["bleu"] if bleu else metrics["loss"]
                 keep_best(self.out, self.core, self.step, "valid_bleu" if bleu else "valid_loss", value, bleu)
-            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-            bar.write(f"step {self.step}: {self.hooks.headline(metrics)}", self.say)
+            self.log.evaluation(row, f"step {self.step}: {self.hooks.headline(metrics)}")
         self.dist.barrier()
 
     def checkpoint(self) -> None:
@@ -446,41 +488,3 @@ class Trainer:
             atomic_write_json(self.out / "summary.json", summary)
         self.dist.barrier()
         return summary
-
-
-class _ProgressBar:
-    """tqdm's bar with loss, learning rate and tokens/s (over the last ~2 s), or nothing when disabled."""
-
-    def __init__(self, enabled: bool, initial: int, total: int) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr
-            )
-        self.window_t, self.window_tok = time.perf_counter(), 0
-
-    def update(self, stats: StepStats) -> None:
-        """Advance one step."""
-        if self.bar is None:
-            return
-        self.window_tok += stats.tokens
-        now = time.perf_counter()
-        tps = self.window_tok / max(now - self.window_t, 1e-9)
-        if now - self.window_t > 2.0:
-            self.window_t, self.window_tok = now, 0
-        self.bar.set_postfix(loss=f"{stats.loss:.3f}", lr=f"{stats.lr:.2e}", tok_s=f"{tps:,.0f}", refresh=False)
-        self.bar.update(1)
-
-    def write(self, message: str, say: Callable[[str], None]) -> None:
-        """Print a line above the bar (or through ``say`` without one)."""
-        if self.bar is not None:
-            self.bar.write(message, file=sys.stderr)
-        else:
-            say(message)
-
-    def close(self) -> None:
-        """Remove the bar."""
-        if self.bar is not None:
-            self.bar.close()

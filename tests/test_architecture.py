@@ -28,6 +28,7 @@ LAYERS = {
     "qkv.families": 5,
     "qkv.recipes": 6,
     "qkv.distributed": 6,
+    "qkv.trainlog": 6,
     "qkv.train": 7,
     "qkv.api": 7,
     "qkv.interop": 7,

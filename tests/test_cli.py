@@ -176,6 +176,128 @@ def test_parallel_text_errors(tmp_path):
     assert_user_error(qkv("train", "multi30k", cwd=tmp_path), "task.train_src is not set")
 
 
+def _data_flags(tmp_path: Path) -> dict[str, list[str]]:
+    """Every kind of data flag, on tiny files: two files, one TSV, one gzip JSON Lines, a store, text."""
+    import gzip
+
+    from qkv.data.store import prepare_store
+
+    f = _corpus(tmp_path, n=40)
+    pairs = list(zip(f["train.de"].read_text().splitlines(), f["train.en"].read_text().splitlines(), strict=True))
+    tsv, jsonl = tmp_path / "pairs.tsv", tmp_path / "pairs.jsonl.gz"
+    tsv.write_text("".join(f"{x}\t{y}\n" for x, y in pairs), encoding="utf-8")
+    jsonl.write_bytes(gzip.compress("".join(json.dumps({"src": x, "tgt": y}) + "\n" for x, y in pairs).encode()))
+    splits = {s: (str(f[f"{s}.de"]), str(f[f"{s}.en"])) for s in ("train", "valid")}
+    store = prepare_store(tmp_path / "store", splits, vocab_size=60)
+    return {
+        "files": ["--train", str(f["train.de"]), str(f["train.en"]), "--valid", str(f["valid.de"]), str(f["valid.en"])],
+        "tsv": ["--train", str(tsv), "--valid", str(tsv)],
+        "jsonl.gz": ["--train", str(jsonl), "--valid", str(f["valid.de"]), str(f["valid.en"]), "--test", str(jsonl)],
+        "store": ["--data", str(store.path)],
+        "text": ["--text", str(f["train.en"]), "--valid-text", str(f["valid.en"])],
+    }
+
+
+def test_every_preset_reads_the_data_flags_it_fits_and_refuses_the_others(tmp_path, capsys):
+    from qkv.cli import main
+    from qkv.train import RECIPES
+
+    flags = _data_flags(tmp_path)
+    for preset, recipe in RECIPES.items():
+        for kind, argv in flags.items():
+            code = main(["train", preset, *argv, "d_model=64", "--print-config"])
+            out, err = capsys.readouterr()
+            fits = recipe.spec.translation == (kind != "text")
+            assert code == (0 if fits else 2), (preset, kind, err)
+            if not fits:
+                assert err.startswith("qkv: error: --") and err.count("\n") == 1, (preset, kind, err)
+                continue
+            cfg = json.loads(out)
+            task, given = cfg["task"], [a for a in argv if not a.startswith("--")]
+            assert cfg["model"]["d_model"] == 64, (preset, kind)
+            if kind == "text":
+                assert [task["path"], task["valid_path"]] == given
+                continue
+            assert task["name"] == "parallel"
+            stored = [task[k] for k in ("train_src", "train_tgt", "valid_src", "valid_tgt", "test_src", "test_tgt")]
+            assert [x for x in stored if x] == given or [task["data"]] == given, (preset, kind, task)
+            assert task["max_len"] + 2 <= cfg["model"]["max_len"]
+
+
+def test_the_bare_form_picks_a_preset_from_the_data_and_overrides_may_follow_files(tmp_path, capsys):
+    from qkv.cli import main
+
+    flags = _data_flags(tmp_path)
+    for kind, family in (("tsv", "transformer"), ("store", "transformer"), ("text", "gpt")):
+        assert main(["train", *flags[kind], "steps=7", "--print-config"]) == 0
+        cfg = json.loads(capsys.readouterr().out)
+        assert cfg["family"] == family and cfg["train"]["steps"] == 7
+    tsv = flags["tsv"][1]
+    assert main(["train", "--train", tsv, "multi30k", "steps=5", "--valid", tsv, "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["train"]["steps"], cfg["task"]["train_src"], cfg["task"]["vocab_size"]) == (5, tsv, 8000)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["dates", "task.vocab_size=100"], "task.vocab_size does nothing for the dates task"),
+        (["reverse", "--train", "{tsv}", "task.min_len=3"], "task.min_len does nothing for the parallel task"),
+        (["multi30k", "--train", "{tsv}", "task.name=copy"], "task.name=copy asks for another task"),
+        (["shakespeare-char", "--text", "{text}", "task.vocab_size=99"], "task.vocab_size does nothing"),
+        (["multi30k", "--train", "{tsv}", "--data", "{store}"], "not both"),
+        (["multi30k", "--train", "{tsv}", "{tsv}", "{tsv}"], "--train takes SRC TGT (two files) or one"),
+        (["multi30k", "--data", "{tsv}"], "--data takes the directory"),
+        (["multi30k", "--data", "{dir}"], "not a qkv token store"),
+    ],
+)
+def test_data_a_preset_cannot_read_is_one_line(tmp_path, argv, needle):
+    flags = _data_flags(tmp_path)
+    where = {"tsv": flags["tsv"][1], "store": flags["store"][1], "text": flags["text"][1], "dir": str(tmp_path)}
+    argv = [a.format(**where) for a in argv]
+    assert_user_error(qkv("train", *argv, "--out", str(tmp_path / "r"), "--no-progress"), needle)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_reported_commands_train_on_the_given_files_or_refuse(tmp_path):
+    """The issue's three commands: a preset with files, the bare form with an override, a missing file."""
+    f = _corpus(tmp_path, n=40)
+    data = ["--train", str(f["train.de"]), str(f["train.en"]), "--valid", str(f["valid.de"]), str(f["valid.en"])]
+    tiny = ["d_model=32", "h=2", "N=1", "d_ff=64", "steps=2", "vocab_size=60", "max_tokens=256", "--no-progress"]
+    for argv in (["base", *data, *tiny], [*data, *tiny]):
+        out = tmp_path / f"run{len(argv)}"
+        res = qkv("train", *argv, "--out", str(out))
+        assert res.returncode == 0, res.stderr
+        manifest = json.loads((out / "data" / "manifest.json").read_text())
+        assert manifest["splits"]["train"]["from"] == [str(f["train.de"]), str(f["train.en"])]
+        assert "BLEU" in res.stdout and "40 pairs used" in res.stderr
+    missing = ["--train", str(tmp_path / "nope.de"), str(f["train.en"]), *data[3:], "steps=1"]
+    assert_user_error(qkv("train", *missing, "--out", str(tmp_path / "z")), "nope.de: no such file")
+    assert not (tmp_path / "z").exists()
+
+
+def test_prepare_then_train_from_the_store_and_resume(tmp_path):
+    f = _corpus(tmp_path, n=40)
+    data = tmp_path / "store"
+    res = qkv("prepare", "--train", str(f["train.de"]), str(f["train.en"]), "--valid", str(f["valid.de"]),
+              str(f["valid.en"]), "--vocab-size", "60", "--out", str(data))  # fmt: skip
+    assert res.returncode == 0 and "train 40 pairs" in res.stdout, res.stderr
+    again = qkv("prepare", "--train", str(f["train.de"]), str(f["train.en"]), "--valid", str(f["valid.de"]),
+                str(f["valid.en"]), "--out", str(data))  # fmt: skip
+    assert_user_error(again, "already exists and is not empty")
+    tiny = ["d_model=32", "h=2", "N=1", "d_ff=64", "max_tokens=256", "--no-progress"]
+    out = tmp_path / "r"
+    assert qkv("train", "multi30k", "--data", str(data), *tiny, "steps=3", "--out", str(out)).returncode == 0
+    assert not (out / "data").exists()  # the store is read where it is
+    assert (
+        json.loads((out / "trainer_state.json").read_text())["data"]["store"]
+        == json.loads((data / "manifest.json").read_text())["sha256"]
+    )
+    res = qkv("train", "--resume", str(out), "steps=5", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert_user_error(qkv("train", "--resume", str(out), "--data", str(data)), "drop --data")
+
+
 def test_print_config_shows_the_resolved_config_and_trains_nothing(tmp_path, capsys, monkeypatch):
     from qkv.cli import main
 

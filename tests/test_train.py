@@ -245,3 +245,50 @@ def test_checkpoints_on_the_clock(tmp_path, tiny_overrides):
     over += ["steps=30", "eval_every=30", "save_minutes=0.00001", "keep_last=100"]  # a save after every step
     train(recipe("reverse"), tmp_path / "r", overrides=over, progress=False, log=lambda m: None)
     assert kept_steps(tmp_path / "r") == list(range(1, 31))  # no evaluation before step 30: the clock saved them
+
+
+def test_train_rows_and_plain_lines_every_log_every_steps(tmp_path, tiny_overrides):
+    from qkv.api import load
+
+    over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))]
+    over += ["steps=12", "eval_every=6", "log_every=4"]
+    for eps in (0.0, 0.1):
+        run, lines = tmp_path / f"r{eps}", []
+        train(recipe("reverse"), run, overrides=[*over, f"label_smoothing={eps}"], progress=False, log=lines.append)
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [(r["kind"], r["step"]) for r in rows] == [
+            ("train", 4),
+            ("eval", 6),
+            ("train", 8),
+            ("train", 12),
+            ("eval", 12),
+        ]
+        train_rows = [r for r in rows if r["kind"] == "train"]
+        for r in train_rows:
+            assert {"train_loss", "train_nll", "grad_norm", "lr", "tokens_per_second", "peak_memory_mb"} <= set(r)
+            assert r["tokens_per_second"] > 0 and r["peak_memory_mb"] > 0 and r["grad_norm"] > 0
+            if eps == 0.0:
+                assert r["train_nll"] == pytest.approx(r["train_loss"], rel=1e-6)  # the same quantity, measured twice
+            else:
+                assert r["train_nll"] != pytest.approx(r["train_loss"], rel=1e-4)
+        plain = [m for m in lines if m.startswith("step ") and " | loss " in m]
+        assert [m.split()[1] for m in plain] == ["4/12", "8/12", "12/12"]
+        assert all(" tok/s | elapsed " in m and " | eta " in m for m in plain)
+        assert load(run).info()["last_metrics"] == rows[-1]  # the last evaluation
+
+
+def test_tensorboard_events_hold_the_logged_numbers(tmp_path, tiny_overrides):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))]
+    over += ["steps=12", "eval_every=6", "log_every=4", "tensorboard=true"]
+    run = tmp_path / "r"
+    train(recipe("reverse"), run, overrides=over, until_step=9, progress=False, log=lambda m: None)
+    train(out=run, resume=True, progress=False, log=lambda m: None)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    loss = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert loss == [(r["step"], pytest.approx(r["train_loss"])) for r in rows if r["kind"] == "train"]
+    valid = [e.step for e in events.Scalars("valid/loss")]
+    assert valid == [r["step"] for r in rows if r["kind"] == "eval"] == [6, 9, 12]

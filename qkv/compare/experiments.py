@@ -11,7 +11,6 @@ g ``translation``  the three families through ``qkv train`` under the same step 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qkv.attention import attention_per_query, attention_reference, scaled_dot_product_attention
+from qkv.checkpoint import read_metrics
 from qkv.compare.probes import FAMILIES, ProbeModel, probe_layer, seeded
 from qkv.compare.sizes import CompareConfig
 from qkv.families import TRANSLATION_FAMILIES
@@ -317,7 +317,7 @@ def _train_run(preset: str, overrides: list[str], out: Path, family: str | None 
 
     cfg = recipe(preset) if family is None else recipe(preset).with_family(family)
     summary = train(cfg, out, overrides=overrides, progress=False, log=lambda _msg: None)
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    metrics = read_metrics(out)
     curve = {key: [m.get(key) for m in metrics] for key in ("step", "elapsed_s", "train_loss", "valid_loss")}
     return {"summary": summary, "curve": curve}
 

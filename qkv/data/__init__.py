@@ -7,12 +7,12 @@ from qkv.data.sources import (
     Source,
     SyntheticSource,
     TaskStream,
-    TokenBudgetStream,
     build_source,
     resolve_paths,
 )
+from qkv.data.store import BucketStream, TokenStore, prepare_store
 from qkv.data.tasks import TASKS, Task, TaskConfig, get_task
-from qkv.data.text import ParallelText, iter_lines, read_lines, read_parallel
+from qkv.data.text import ParallelText, iter_lines, iter_pairs, read_lines, read_parallel
 from qkv.data.vocab import Vocab
 
 __all__ = [
@@ -26,7 +26,9 @@ __all__ = [
     "Task",
     "TaskConfig",
     "TaskStream",
-    "TokenBudgetStream",
+    "TokenStore",
+    "BucketStream",
+    "prepare_store",
     "Vocab",
     "build_source",
     "encode_pairs",
@@ -35,6 +37,7 @@ __all__ = [
     "load_tokenizer",
     "pad",
     "iter_lines",
+    "iter_pairs",
     "read_lines",
     "read_parallel",
     "resolve_paths",

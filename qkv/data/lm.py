@@ -56,6 +56,13 @@ class TextConfig(ConfigBase):
         check(self.eval_batches >= 1, s, "eval_batches", self.eval_batches, "must be >= 1")
         check(self.max_seq_len >= 0, s, "max_seq_len", self.max_seq_len, "must be >= 0 (0 = the model's max_len)")
 
+    def reads(self) -> tuple[str, ...]:
+        """The fields in effect: ``vocab_size`` only for a BPE trained here, ``val_fraction`` only
+        without a ``valid_path``."""
+        unread = {"vocab_size"} if self.tokenizer != "bpe" else set()
+        unread |= {"val_fraction"} if self.valid_path is not None else set()
+        return tuple(f for f in super().reads() if f not in unread)
+
 
 @dataclass
 class LMBatch:

@@ -30,11 +30,14 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 @dataclass
 class TaskConfig(ConfigBase):
     """What to train on: a built-in task (``dates``, ``copy``, ``reverse``, ``sort``) generated on the
-    fly, or ``parallel`` text files (``train_src``/``train_tgt``, ``valid_*``, optional ``test_*``)
-    tokenized with BPE (``vocab_size``; one joint vocabulary or one per side).
+    fly, or ``parallel`` text tokenized with BPE (``vocab_size``; one joint vocabulary or one per side):
+    files (``train_src``/``train_tgt``, ``valid_*``, optional ``test_*``; a ``*_tgt`` left empty means
+    ``*_src`` is one TSV or JSON Lines file, whose fields ``src_field``/``tgt_field`` name) or a token
+    store made by ``qkv prepare`` (``data``).
 
     ``max_len`` is the longest string for the letter tasks, and the most subword tokens per side for
-    parallel text (longer training pairs are filtered out, and counted).
+    parallel text (longer training pairs are filtered out, and counted). Each task reads only some
+    fields (:meth:`reads`); setting another one is an error, not silently ignored.
     """
 
     SECTION: ClassVar[str] = "task"
@@ -51,6 +54,9 @@ class TaskConfig(ConfigBase):
     valid_tgt: str | None = None
     test_src: str | None = None
     test_tgt: str | None = None
+    src_field: str = "src"
+    tgt_field: str = "tgt"
+    data: str | None = None
     vocab_size: int = 8000
     joint_vocab: bool = True
 
@@ -64,15 +70,38 @@ class TaskConfig(ConfigBase):
         check(0 < self.test_percent < 50, "task", "test_percent", self.test_percent, "must be in (0, 50)")
         check(self.vocab_size >= 16, "task", "vocab_size", self.vocab_size, "must be >= 16")
         if self.name == "parallel":
-            check(
-                (self.test_src is None) == (self.test_tgt is None),
-                "task",
-                "test_src",
-                self.test_src,
-                "give both test files or neither",
-            )
+            for split in ("train", "valid", "test"):
+                src, tgt = getattr(self, f"{split}_src"), getattr(self, f"{split}_tgt")
+                check(src is not None or tgt is None, "task", f"{split}_tgt", tgt, f"needs task.{split}_src as well")
+            files = self.train_src or self.valid_src or self.test_src
+            check(self.data is None or not files, "task", "data", self.data, "give a prepared store or files, not both")
         else:
             check(self.max_len <= 64, "task", "max_len", self.max_len, "must be <= 64 for the built-in tasks")
+
+    def reads(self) -> tuple[str, ...]:
+        """The fields the chosen task reads (the others do nothing for it)."""
+        return PARALLEL_FIELDS if self.name == "parallel" else TASKS[self.name].reads
+
+    @property
+    def files(self) -> dict[str, tuple[str, str | None]]:
+        """The parallel files given, by split: (source, target) or (one TSV/JSON Lines file, None)."""
+        out = {}
+        for split in ("train", "valid", "test"):
+            src = getattr(self, f"{split}_src")
+            if src is not None:
+                out[split] = (src, getattr(self, f"{split}_tgt"))
+        return out
+
+
+PARALLEL_FIELDS = tuple(f"{split}_{side}" for split in ("train", "valid", "test") for side in ("src", "tgt")) + (
+    "name",
+    "max_len",
+    "src_field",
+    "tgt_field",
+    "data",
+    "vocab_size",
+    "joint_vocab",
+)
 
 
 class Task:
@@ -81,6 +110,7 @@ class Task:
     name = "task"
     src_level = "char"
     tgt_level = "char"
+    reads: ClassVar[tuple[str, ...]] = ("name", "test_size", "valid_size", "test_percent")
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
@@ -133,6 +163,8 @@ class Task:
 
 
 class _LetterTask(Task):
+    reads = (*Task.reads, "min_len", "max_len")
+
     def src_symbols(self) -> list[str]:
         return list(LETTERS)
 

@@ -5,7 +5,6 @@ and :mod:`qkv.families.lm`; :mod:`qkv.families` registers them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -13,9 +12,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from qkv.checkpoint import read_json
+from qkv.checkpoint import read_json, read_metrics
 from qkv.data.bpe import load_tokenizer
 from qkv.models.shared import count_parameters
+from qkv.objectives import label_smoothed_loss
 
 if TYPE_CHECKING:
     from qkv.families import Family
@@ -51,15 +51,8 @@ class Run:
 
     def info(self) -> dict[str, Any]:
         """Config, parameter count, last metrics and summary."""
-        metrics = None
-        path = self.path / "metrics.jsonl"
-        if path.exists():
-            lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-            if lines:
-                try:
-                    metrics = json.loads(lines[-1])
-                except json.JSONDecodeError:
-                    metrics = None
+        evaluations = read_metrics(self.path)
+        metrics = evaluations[-1] if evaluations else None
         summary = read_json(self.path / "summary.json") if (self.path / "summary.json").exists() else None
         return {
             "run": str(self.path),
@@ -80,6 +73,7 @@ class TrainingHooks:
         self.family = family
         self.cfg = cfg
         self.tokenizers: tuple[Any, ...] = ()
+        self.nll: list[float] | None = None
 
     def model_config(self) -> Any:
         """The model config with vocabulary sizes filled in from the tokenizers."""
@@ -94,9 +88,25 @@ class TrainingHooks:
         """A resumable stream of training batches."""
         raise NotImplementedError
 
-    def loss_sum(self, model: nn.Module, batch: Any, eps: float) -> torch.Tensor:
-        """The batch's loss, summed over its predicted tokens."""
+    def logits_and_target(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (…, V) and targets (…) of a batch; targets equal to :meth:`ignore_index` are not predicted."""
         raise NotImplementedError
+
+    def ignore_index(self) -> int:
+        """The target id that marks 'nothing to predict here'."""
+        return -100
+
+    def loss_sum(self, model: nn.Module, batch: Any, eps: float) -> torch.Tensor:
+        """The batch's label-smoothed loss, summed over its predicted tokens. While ``self.nll`` is a list,
+        the batch's plain NLL sum (what perplexity is made of) is appended to it, at the cost of one more
+        softmax."""
+        logits, target = self.logits_and_target(model, batch)
+        loss = label_smoothed_loss(logits, target, eps, self.ignore_index())
+        if self.nll is not None:
+            with torch.no_grad():
+                plain = label_smoothed_loss(logits.detach(), target, 0.0, self.ignore_index()) if eps else loss
+                self.nll.append(float(plain))
+        return loss
 
     def evaluate(self, core: nn.Module, split: str) -> dict[str, Any]:
         """Metrics on a held-out split."""

@@ -38,9 +38,14 @@ class LMHooks(TrainingHooks):
     mlm = False  # masked-LM batches (BERT) instead of next-token windows (GPT)
 
     def __init__(
-        self, family: Family, cfg: RunConfig, tokenizers: tuple[Any, ...] | None = None, log: Any = None
+        self,
+        family: Family,
+        cfg: RunConfig,
+        tokenizers: tuple[Any, ...] | None = None,
+        log: Any = None,
+        workdir: Path | None = None,
     ) -> None:
-        super().__init__(family, cfg)
+        super().__init__(family, cfg)  # ``workdir``: text is read into memory, nothing is prepared on disk
         tok = tokenizers[0] if tokenizers else None
         self.source = TextSource(cfg.task, tok, mlm=self.mlm, log=log)
         self.tokenizers = (self.source.tokenizer,)
@@ -82,14 +87,6 @@ class LMHooks(TrainingHooks):
     def trained_view(self, core: nn.Module) -> nn.Module:
         """The module whose forward gives logits."""
         return core
-
-    def logits_and_target(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and targets of a batch."""
-        raise NotImplementedError
-
-    def loss_sum(self, model: nn.Module, batch: Any, eps: float) -> torch.Tensor:
-        logits, target = self.logits_and_target(model, batch)
-        return token_loss(logits, target, eps)
 
     def describe_data(self) -> str:
         return f"text {Path(self.cfg.task.path or '').name}"

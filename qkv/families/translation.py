@@ -18,7 +18,7 @@ from torch import nn
 
 from qkv.config import replace
 from qkv.data import build_source, encode_pairs, encode_source, read_lines
-from qkv.decode import beam_search, greedy
+from qkv.decode import DecodeConfig, beam_search, greedy
 from qkv.errors import QkvError
 from qkv.families.base import Run, TrainingHooks, model_device
 from qkv.models import Transformer
@@ -52,9 +52,12 @@ def evaluate(
     batch_size: int = 128,
     bleu: bool = False,
     beam: int = 1,
+    decode: DecodeConfig | None = None,
 ) -> dict[str, Any]:
     """Loss (mean NLL per target token), token accuracy (teacher-forced), exact match of the decoded
-    output (greedy, or beam search), and — with ``bleu`` — sacreBLEU BLEU and chrF on detokenized text."""
+    output (greedy, or beam search of width ``beam``; or as ``decode`` says), and — with ``bleu`` —
+    sacreBLEU BLEU and chrF on detokenized text."""
+    d = decode or DecodeConfig(beam=beam)
     model.eval()
     device = model_device(model)
     nll, correct, tokens = 0.0, 0, 0
@@ -67,7 +70,8 @@ def evaluate(
         nll += float(label_smoothed_loss(logits, b.tgt_out, 0.0, tgt_tok.pad_id))
         correct += int(((logits.argmax(-1) == b.tgt_out) & real).sum())
         tokens += int(real.sum())
-        hyps.extend(tgt_tok.decode(h.tokens) for h in translate_batch(model, b.src, tgt_tok, beam=beam))
+        found = translate_batch(model, b.src, tgt_tok, beam=d.beam, alpha=d.alpha, max_len=d.max_len(model, b.src))
+        hyps.extend(tgt_tok.decode(h.tokens) for h in found)
     refs = [t for _, t in pairs]
     out: dict[str, Any] = {
         "loss": nll / tokens,
@@ -102,10 +106,15 @@ class TranslationHooks(TrainingHooks):
     held-out metrics (BLEU on parallel text, exact match on the built-in tasks)."""
 
     def __init__(
-        self, family: Family, cfg: RunConfig, tokenizers: tuple[Any, ...] | None = None, log: Any = None
+        self,
+        family: Family,
+        cfg: RunConfig,
+        tokenizers: tuple[Any, ...] | None = None,
+        log: Any = None,
+        workdir: Path | None = None,
     ) -> None:
         super().__init__(family, cfg)
-        self.source = build_source(cfg.task, tokenizers, log=log)  # type: ignore[arg-type]
+        self.source = build_source(cfg.task, tokenizers, log=log, workdir=workdir)  # type: ignore[arg-type]
         self.tokenizers = (self.source.src_tok, self.source.tgt_tok)
         self.bleu = cfg.task.name == "parallel"
         self._splits: dict[str, list[tuple[str, str]]] = {}
@@ -118,8 +127,11 @@ class TranslationHooks(TrainingHooks):
         tc = self.cfg.train
         return self.source.stream(tc.batch_size, tc.max_tokens, tc.seed)
 
-    def loss_sum(self, model: nn.Module, batch: Any, eps: float) -> torch.Tensor:
-        return label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out, eps, self.cfg.model.pad_id)
+    def logits_and_target(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return model(batch.src, batch.tgt_in), batch.tgt_out
+
+    def ignore_index(self) -> int:
+        return self.cfg.model.pad_id
 
     def split(self, name: str) -> list[tuple[str, str]]:
         """Held-out text pairs (kept after the first read)."""
@@ -135,11 +147,10 @@ class TranslationHooks(TrainingHooks):
         return f"valid loss {metrics['loss']:.4f}, token acc {metrics['token_accuracy']:.4f}, {shown}"
 
     def final_split(self) -> str:
-        has_test = self.cfg.task.name != "parallel" or self.cfg.task.test_src is not None
-        return "test" if has_test else "valid"
+        return "test" if self.source.has_split("test") else "valid"
 
     def describe_data(self) -> str:
-        return self.cfg.task.name
+        return self.cfg.task.name if self.cfg.task.data is None else f"the store {self.cfg.task.data}"
 
 
 @dataclass
@@ -168,20 +179,24 @@ class TranslationRun(Run):
         self,
         texts: list[str] | str,
         *,
-        beam: int = 1,
-        alpha: float = 0.6,
+        beam: int | None = None,
+        alpha: float | None = None,
         max_len: int | None = None,
         batch_size: int = 64,
     ) -> list[str]:
-        """Translate texts (greedy when ``beam`` is 1, else beam search); returns one string per text."""
+        """Translate texts (greedy when ``beam`` is 1, else beam search); returns one string per text.
+        What is not given comes from the run's ``decode`` config (its preset's way of decoding)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
+        d = self.config.decode
+        beam, alpha = d.beam if beam is None else beam, d.alpha if alpha is None else alpha
         self.model.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
         out: list[str] = [""] * len(texts)
         for i in range(0, len(texts), batch_size):
             idx = order[i : i + batch_size]
             src = self.encode_source([texts[j] for j in idx])
-            hyps = translate_batch(self.model, src, self.tgt_tokenizer, beam=beam, alpha=alpha, max_len=max_len)
+            limit = d.max_len(self.model, src) if max_len is None else max_len
+            hyps = translate_batch(self.model, src, self.tgt_tokenizer, beam=beam, alpha=alpha, max_len=limit)
             for j, h in zip(idx, hyps, strict=True):
                 out[j] = self.tgt_tokenizer.decode(h.tokens)
         return out
@@ -212,13 +227,19 @@ class TranslationRun(Run):
                 return i
         return 1
 
-    def evaluate(self, split: str = "test", *, beam: int = 1) -> dict[str, Any]:
-        """Loss, token accuracy, exact match (and BLEU/chrF for translation) on a held-out split."""
+    def evaluate(self, split: str = "test", *, beam: int | None = None, alpha: float | None = None) -> dict[str, Any]:
+        """Loss, token accuracy, exact match (and BLEU/chrF for translation) on a held-out split, decoded
+        as the run's ``decode`` config says unless ``beam`` / ``alpha`` are given."""
         source = build_source(self.config.task, (self.src_tokenizer, self.tgt_tokenizer))
         bleu = self.config.task.name == "parallel"
-        return evaluate(self.model, source.split(split), self.src_tokenizer, self.tgt_tokenizer, bleu=bleu, beam=beam)
+        d = self.config.decode
+        d = replace(d, "decode", beam=d.beam if beam is None else beam, alpha=d.alpha if alpha is None else alpha)
+        pairs = source.split(split)
+        return evaluate(self.model, pairs, self.src_tokenizer, self.tgt_tokenizer, bleu=bleu, decode=d)
 
-    def evaluate_files(self, src: str | Path, ref: str | Path, *, beam: int = 1, alpha: float = 0.6) -> dict[str, Any]:
+    def evaluate_files(
+        self, src: str | Path, ref: str | Path, *, beam: int | None = None, alpha: float | None = None
+    ) -> dict[str, Any]:
         """Translate ``src`` (one sentence per line) and score it against ``ref`` with sacreBLEU."""
         sources, refs = read_lines(src), read_lines(ref)
         if len(sources) != len(refs):
@@ -226,7 +247,7 @@ class TranslationRun(Run):
                 f"{src} has {len(sources):,} lines but {ref} has {len(refs):,}; they must be aligned line by line"
             )
         hyps = self.translate(sources, beam=beam, alpha=alpha)
-        return {"n": len(refs), "beam": beam, **bleu_scores(hyps, refs)}
+        return {"n": len(refs), "beam": self.config.decode.beam if beam is None else beam, **bleu_scores(hyps, refs)}
 
     def examples(self, split: str, n: int = 5) -> list[tuple[str, str, str]]:
         """(source, reference, translation) of the first ``n`` pairs of a held-out split."""
