@@ -248,6 +248,7 @@ def test_the_bare_form_picks_a_preset_from_the_data_and_overrides_may_follow_fil
         (["multi30k", "--train", "{tsv}", "--data", "{store}"], "not both"),
         (["multi30k", "--train", "{tsv}", "{tsv}", "{tsv}"], "--train takes SRC TGT (two files) or one"),
         (["multi30k", "--data", "{tsv}"], "--data takes the directory"),
+        (["multi30k", "--data", "{store}", "vocab_size=99"], "task.vocab_size does nothing for the parallel task"),
         (["multi30k", "--data", "{dir}"], "not a qkv token store"),
     ],
 )

@@ -292,3 +292,28 @@ def test_tensorboard_events_hold_the_logged_numbers(tmp_path, tiny_overrides):
     assert loss == [(r["step"], pytest.approx(r["train_loss"])) for r in rows if r["kind"] == "train"]
     valid = [e.step for e in events.Scalars("valid/loss")]
     assert valid == [r["step"] for r in rows if r["kind"] == "eval"] == [6, 9, 12]
+
+
+def test_resume_from_a_token_store_is_bit_identical(tmp_path):
+    from qkv.data.store import prepare_store
+
+    words = "ein zwei drei hund katze haus baum frau mann kind".split()
+    for split, n in (("train", 200), ("valid", 10)):
+        rows = [" ".join(words[(i * 7 + k) % 10] for k in range(1 + i % 6)) for i in range(n)]
+        (tmp_path / f"{split}.de").write_text("".join(r + "\n" for r in rows))
+        (tmp_path / f"{split}.en").write_text("".join(r.upper() + "\n" for r in rows))
+    splits = {s: (str(tmp_path / f"{s}.de"), str(tmp_path / f"{s}.en")) for s in ("train", "valid")}
+    store = prepare_store(tmp_path / "data", splits, vocab_size=40)
+    cfg = recipe("multi30k").with_data(data=str(store.path))
+    over = ["d_model=32", "h=2", "N=1", "d_ff=64", "max_tokens=512", "steps=16", "eval_every=8", "warmup=4"]
+    quiet = {"progress": False, "log": lambda m: None}
+    from qkv.data.store import BucketStream
+
+    epoch = BucketStream(store, 100, 512, 0, {"bos": 1, "eos": 2, "pad": 0}).batches_per_epoch
+    assert 7 < epoch < 16  # the runs cross an epoch's end after the resume point
+    train(cfg, tmp_path / "one", overrides=over, **quiet)
+    train(cfg, tmp_path / "two", overrides=over, until_step=7, **quiet)
+    assert json.loads((tmp_path / "two" / "trainer_state.json").read_text())["data"]["store"] == store.sha256
+    train(out=tmp_path / "two", resume=True, **quiet)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert all(torch.equal(a[k], b[k]) for k in a)

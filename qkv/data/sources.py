@@ -112,6 +112,7 @@ class ParallelSource:
                         f"task.{side} is not set: parallel text needs --train SRC TGT and --valid SRC TGT "
                         "(or --data DATA from qkv prepare)"
                     )
+        self._given = tokenizers  # used to prepare the files; None: a BPE is learned from them
         if tokenizers is None:
             tokenizers = self.store().tokenizers  # type: ignore[assignment]
         elif self._store is not None and [t.to_dict() for t in tokenizers] != [
@@ -131,11 +132,10 @@ class ParallelSource:
             if (directory / "manifest.json").exists():
                 self._store = TokenStore(directory)
             else:
-                given = getattr(self, "src_tok", None)
                 self._store = prepare_store(
                     directory,
                     self.cfg.files,
-                    tokenizers=None if given is None else (self.src_tok, self.tgt_tok),
+                    tokenizers=self._given,
                     vocab_size=self.cfg.vocab_size,
                     joint=self.cfg.joint_vocab,
                     fields=(self.cfg.src_field, self.cfg.tgt_field),

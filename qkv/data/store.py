@@ -109,8 +109,9 @@ def prepare_store(
         for split, files in splits.items():
             counts = {"empty": 0}
             pairs = _clean_pairs(files, fields, counts)
-            info = _write_tokens(tmp, split, pairs, tokenizers, dtype, chunk) if split == "train" else {}
-            if split != "train":
+            if split == "train":
+                info = _write_tokens(tmp, split, pairs, tokenizers, dtype, chunk)
+            else:
                 info = _write_text(tmp, split, pairs)
             if not info["pairs"]:
                 where = files[0] if files[1] is None else f"{files[0]} / {files[1]}"

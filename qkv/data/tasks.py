@@ -79,8 +79,11 @@ class TaskConfig(ConfigBase):
             check(self.max_len <= 64, "task", "max_len", self.max_len, "must be <= 64 for the built-in tasks")
 
     def reads(self) -> tuple[str, ...]:
-        """The fields the chosen task reads (the others do nothing for it)."""
-        return PARALLEL_FIELDS if self.name == "parallel" else TASKS[self.name].reads
+        """The fields the chosen task reads (the others do nothing for it). A prepared store brings its
+        own tokenizers and tokens: then only ``data``, ``max_len`` and ``name`` act."""
+        if self.name != "parallel":
+            return TASKS[self.name].reads
+        return ("name", "max_len", "data") if self.data is not None else PARALLEL_FIELDS
 
     @property
     def files(self) -> dict[str, tuple[str, str | None]]:
