@@ -304,7 +304,7 @@ def add_parallel_arguments(p: argparse.ArgumentParser, required: tuple[str, ...]
 def add_prepare_arguments(pr: argparse.ArgumentParser) -> None:
     """``qkv prepare``'s arguments."""
     add_parallel_arguments(pr, required=("train", "valid"))
-    pr.add_argument("--vocab-size", type=int, default=8000, metavar="N", help="BPE symbols to learn (default 8000)")
+    pr.add_argument("--vocab-size", type=int, metavar="N", help="BPE symbols to learn (default 8000)")
     pr.add_argument("--separate-vocab", action="store_true", help="one BPE per side instead of one joint BPE")
     pr.add_argument("--tokenizer", type=Path, metavar="RUN", help="use a translation run's tokenizers (no BPE learned)")
     pr.add_argument(
@@ -679,7 +679,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     fields = tuple(f.strip() for f in a.fields.split(","))
     if len(fields) != 2 or not all(fields):
         raise QkvError(f"--fields {shown(a.fields)}: give two field names separated by a comma, e.g. de,en")
-    if a.tokenizer is not None and (a.vocab_size != 8000 or a.separate_vocab):
+    if a.tokenizer is not None and (a.vocab_size is not None or a.separate_vocab):
         raise QkvError("--tokenizer RUN brings its own vocabulary: drop --vocab-size / --separate-vocab")
     say = (lambda msg: print(msg, file=sys.stderr)) if not a.json else None
     store = api.prepare(
@@ -687,7 +687,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
         train=a.train,
         valid=a.valid,
         test=a.test,
-        vocab_size=a.vocab_size,
+        vocab_size=8000 if a.vocab_size is None else a.vocab_size,
         joint=not a.separate_vocab,
         tokenizer=a.tokenizer,
         fields=fields,  # type: ignore[arg-type]

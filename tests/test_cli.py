@@ -465,3 +465,27 @@ def test_train_json_reports_a_finished_or_stopped_run(tmp_path, tiny_overrides, 
     assert main(["train", "--resume", str(tmp_path / "r"), "--json", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 6 and summary == json.loads((tmp_path / "r" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--tokenizer", "{run}", "--vocab-size", "8000"], "--tokenizer RUN brings its own vocabulary"),
+        (["--fields", "src"], "--fields 'src': give two field names"),
+        (["--vocab-size", "3"], "--vocab-size 3: must be >= 16"),
+        (["--tokenizer", "{lm}"], "is a gpt run; give a translation run"),
+    ],
+)
+def test_prepare_errors_are_one_line_and_write_nothing(tmp_path, tiny_run, capsys, extra, needle):
+    from qkv.cli import main
+
+    f = _corpus(tmp_path, n=10)
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    (lm / "config.json").write_text(json.dumps({"family": "gpt", "model": {}, "train": {}, "task": {}}))
+    files = ["--train", str(f["train.de"]), str(f["train.en"]), "--valid", str(f["valid.de"]), str(f["valid.en"])]
+    argv = ["prepare", *files, *[e.format(run=tiny_run, lm=lm) for e in extra], "--out", str(tmp_path / "d")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qkv: error: ") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "d").exists()

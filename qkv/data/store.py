@@ -200,7 +200,7 @@ class TokenStore:
                 for p, size in zip((bin_path, idx_path), sizes, strict=True):
                     if not p.exists() or p.stat().st_size != size:
                         raise QkvError(f"{p} is missing or truncated ({size:,} bytes expected); run qkv prepare again")
-                ids = np.memmap(bin_path, dtype=dtype, mode="r") if size else np.zeros(0, dtype)
+                ids = np.memmap(bin_path, dtype=dtype, mode="r") if sizes[0] else np.zeros(0, dtype)
                 out[side] = (ids, np.memmap(idx_path, dtype="<i8", mode="r"))
             self._train = out
         return self._train
