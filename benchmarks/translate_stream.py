@@ -2,7 +2,8 @@
 a time) against reading the whole file and translating it in one call (what ``qkv translate -i`` did
 before, and what ``run.translate(lines)`` still does), side by side on the same files.
 
-Each translation runs in its own process; its peak resident memory comes from the kernel (``wait4``).
+Each translation runs in its own process, started by a small launcher; its peak resident memory comes
+from the kernel (``getrusage`` of the launcher's children).
 The input lines are sentences of the run's own task (the built-in dates task by default), repeated.
 
     python benchmarks/translate_stream.py --run RUN [--lines 20000,200000] [--max-len N]
@@ -18,7 +19,6 @@ smallest file. Streaming should stay flat; the whole-file way grows with the fil
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,14 +36,23 @@ with open(sys.argv[3], "w", encoding="utf-8") as f:
 """
 
 
+LAUNCHER = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[2:], stdout=subprocess.DEVNULL).returncode
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+
+
 def measure(argv: list[str]) -> tuple[float, float]:
-    """(peak RSS in MB, seconds) of one child process."""
+    """(peak RSS in MB, seconds) of one command. It is started by a small launcher process: a child's
+    peak RSS counts the pages of the process that forks it (until its exec), and this script holds torch,
+    a run and the input lines."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(argv)}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - start
+    with tempfile.NamedTemporaryFile("r") as peak:
+        if subprocess.run([sys.executable, "-c", LAUNCHER, peak.name, *argv]).returncode != 0:
+            raise SystemExit(f"failed: {' '.join(argv)}")
+        return int(peak.read()) / 1024, time.perf_counter() - start
 
 
 def sentences(run: Path, n: int) -> list[str]:
