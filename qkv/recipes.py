@@ -180,6 +180,9 @@ class RunConfig:
                 raise QkvError(f"{section}.{name} cannot change when resuming; only {', '.join(sections)} can")
             changes[section][name] = parse_override_value(classes[section], name, value, section)
         out = RunConfig(**{s: replace(getattr(self, s), s, **changes[s]) for s in self.SECTIONS})
+        if changes["decode"] and not out.spec.translation:
+            name = next(iter(changes["decode"]))
+            raise QkvError(f"decode.{name} does nothing for a {out.family} run (it decodes translations); drop it")
         if strict:
             out.check_read(set(changes["task"]))
         return out

@@ -48,7 +48,7 @@ from qkv.families.base import TrainingHooks
 from qkv.models import count_parameters
 from qkv.objectives import label_smoothed_loss
 from qkv.recipes import DEFAULT_RECIPE, RECIPES, RunConfig, TrainConfig, read_run_config, recipe
-from qkv.trainlog import TrainLog
+from qkv.trainlog import TrainLog, require_tensorboard
 
 __all__ = [
     "DEFAULT_RECIPE",
@@ -251,6 +251,8 @@ def train(
             log_fn(msg)
 
     cfg = resolve_config(cfg, out, resume, overrides or [])
+    if cfg.train.tensorboard and dist.main:
+        require_tensorboard()  # before anything is written
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device, dist.local_rank)

@@ -19,7 +19,7 @@ import torch
 
 from qkv.errors import QkvError
 
-__all__ = ["TrainLog", "clock"]
+__all__ = ["TrainLog", "clock", "require_tensorboard"]
 
 
 def clock(seconds: float) -> str:
@@ -148,13 +148,18 @@ class TrainLog:
         self.writer.flush()
 
 
-def _tensorboard(out: Path, step: int) -> Any:
-    """A TensorBoard writer into ``out/tensorboard``; events after ``step`` (of a killed run now resumed
-    from an earlier checkpoint) are purged."""
+def require_tensorboard() -> Any:
+    """TensorBoard's ``SummaryWriter``, or a QkvError saying how to install it (checked before a run starts)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise QkvError(
             "train.tensorboard needs the tensorboard package: pip install 'qkv[tensorboard]' (or drop --tensorboard)"
         ) from None
-    return SummaryWriter(log_dir=str(out / "tensorboard"), purge_step=step + 1 if step > 0 else None)
+    return SummaryWriter
+
+
+def _tensorboard(out: Path, step: int) -> Any:
+    """A TensorBoard writer into ``out/tensorboard``; events after ``step`` (of a killed run now resumed
+    from an earlier checkpoint) are purged."""
+    return require_tensorboard()(log_dir=str(out / "tensorboard"), purge_step=step + 1 if step > 0 else None)

@@ -489,3 +489,30 @@ def test_prepare_errors_are_one_line_and_write_nothing(tmp_path, tiny_run, capsy
     err = capsys.readouterr().err
     assert err.startswith("qkv: error: ") and err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["dates", "log_every=-1"], "invalid train.log_every=-1"),
+        (["dates", "decode.beam=0"], "invalid decode.beam=0"),
+        (["dates", "decode.max_len_a=-1"], "invalid decode.max_len_a=-1.0"),
+        (["shakespeare-char", "decode.beam=4"], "decode.beam does nothing for a gpt run"),
+    ],
+)
+def test_log_and_decode_fields_are_checked(capsys, argv, needle):
+    from qkv.cli import main
+
+    assert main(["train", *argv, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qkv: error: ") and err.count("\n") == 1 and needle in err, err
+
+
+def test_tensorboard_without_the_package_is_one_line(tmp_path, capsys, monkeypatch, tiny_overrides):
+    from qkv.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    assert main(["train", "reverse", *tiny_overrides, "--tensorboard", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qkv: error: train.tensorboard needs the tensorboard package") and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
