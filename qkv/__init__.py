@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     from qkv.families.base import Run
 
 
-def load(run: Any, *, device: str = "cpu") -> Run:
-    """Load a run directory: the model, its tokenizers and config, with methods mirroring the CLI."""
+def load(run: Any, *, device: str = "auto", precision: str = "fp32", compile: bool = False) -> Run:
+    """Load a run directory: the model, its tokenizers and config, with methods mirroring the CLI
+    (see :func:`qkv.api.load` for ``device``, ``precision`` and ``compile``)."""
     from qkv.api import load as _load
 
-    return _load(run, device=device)
+    return _load(run, device=device, precision=precision, compile=compile)

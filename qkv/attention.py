@@ -118,7 +118,7 @@ def scaled_dot_product_attention(
     empty_rows = None
     if mask is not None:
         empty_rows = ~mask.any(dim=-1, keepdim=True)  # (..., T, 1)
-        if empty_rows.any():
+        if torch.compiler.is_compiling() or empty_rows.any():  # (a compiled graph does not branch on data)
             mask = mask | empty_rows
         else:
             empty_rows = None  # the usual case: skip a pass over the output

@@ -192,6 +192,9 @@ def save_checkpoint(
     run = Path(run)
     step = str(state["step"])
     tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state()}
+    device = _device_of(optimizer)
+    if device.type == "cuda":  # dropout on a GPU draws from that GPU's generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     opt = optimizer.state_dict()
     for idx, param_state in opt["state"].items():
         for key, value in param_state.items():
@@ -258,6 +261,11 @@ def checkpoint_step(run: Path) -> int:
     return int(state["step"])
 
 
+def _device_of(optimizer: torch.optim.Optimizer) -> torch.device:
+    """Where the optimizer's parameters are."""
+    return next((p.device for g in optimizer.param_groups for p in g["params"]), torch.device("cpu"))
+
+
 def load_trainer_state(run: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore optimizer and torch RNG state; returns the JSON trainer state (step, data position…)."""
     run = Path(run)
@@ -277,6 +285,9 @@ def load_trainer_state(run: Path, optimizer: torch.optim.Optimizer) -> dict[str,
     try:
         optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
         torch.set_rng_state(tensors["rng.torch"])
+        device = _device_of(optimizer)
+        if "rng.cuda" in tensors and device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     except (KeyError, ValueError, RuntimeError) as e:
         raise QkvError(f"{run / STATE_TENSORS} does not match the model ({e}); this run cannot be resumed") from None
     return state

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from qkv.devices import PRECISIONS
 from qkv.errors import QkvError, shown
 
 __all__ = ["main"]
@@ -142,6 +143,35 @@ def _run_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, metavar="RUN", help="a run directory (from qkv train or qkv convert)")
 
 
+def _model_arguments(p: argparse.ArgumentParser, *, training: bool = False) -> None:
+    """``--device``, ``--precision`` and ``--compile``: where and how the model runs (:mod:`qkv.devices`)."""
+    sets = " (sets train.{})" if training else ""
+    p.add_argument(
+        "--device",
+        metavar="DEVICE",
+        default=None if training else "auto",
+        help="auto, cpu, cuda, cuda:N or mps: where the model runs (default auto: a GPU when there is one)"
+        + sets.format("device"),
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None if training else "fp32",
+        metavar="|".join(PRECISIONS),
+        help=("autocast of the forward pass" if training else "the weights' number format (default fp32)")
+        + "; auto = bf16 where the hardware has it"
+        + sets.format("precision"),
+    )
+    p.add_argument("--compile", action="store_true", help="run the model under torch.compile" + sets.format("compile"))
+
+
+def _load(a: argparse.Namespace) -> Any:
+    """The run ``a.run``, on the device and in the precision the command line asks for."""
+    from qkv import api
+
+    return api.load(a.run, device=a.device, precision=a.precision, compile=a.compile)
+
+
 def _json_argument(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--json", action="store_true", help=f"print {what} as JSON Lines instead of text")
 
@@ -175,6 +205,7 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--until-step", type=int, metavar="N", help="stop (resumably) after step N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar: a plain line every log_every steps")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (sets train.tensorboard)")
+    _model_arguments(t, training=True)
     t.add_argument("--print-config", action="store_true", help="print the resolved configuration as JSON and exit")
     t.add_argument("--json", action="store_true", help="print the final summary as JSON instead of examples")
 
@@ -193,6 +224,7 @@ def add_translate_arguments(tr: argparse.ArgumentParser) -> None:
         "-o", "--output", type=Path, metavar="FILE", help="write the translations to FILE (default: stdout)"
     )
     tr.add_argument("--batch-size", type=int, default=64, metavar="N", help="sentences decoded together (default 64)")
+    _model_arguments(tr)
     _json_argument(tr, '{"source", "translation"}')
 
 
@@ -206,6 +238,7 @@ def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--ref", type=Path, metavar="FILE", help="references for --src, one per line")
     ev.add_argument("--beam", type=int, metavar="K", help="beam width (1 = greedy; default: the run's decode.beam)")
     ev.add_argument("--alpha", type=float, metavar="A", help="GNMT length penalty (default: the run's decode.alpha)")
+    _model_arguments(ev)
 
 
 def add_attention_arguments(at: argparse.ArgumentParser) -> None:
@@ -222,6 +255,7 @@ def add_attention_arguments(at: argparse.ArgumentParser) -> None:
     at.add_argument("--head", default="all", metavar="H|mean|all", help="a head number, 'mean', or 'all' (a grid)")
     at.add_argument("--format", choices=("png", "svg", "json"), metavar="png|svg|json", help="default: the file's")
     at.add_argument("--beam", type=int, default=1, metavar="K", help="decode with beam search to draw its translation")
+    _model_arguments(at)
 
 
 def add_generate_arguments(g: argparse.ArgumentParser) -> None:
@@ -234,6 +268,7 @@ def add_generate_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, metavar="K", help="sample among the k most likely tokens")
     g.add_argument("--top-p", type=float, metavar="P", help="sample among the most likely tokens holding mass P")
     g.add_argument("--seed", type=int, metavar="S", help="random seed (the same seed gives the same text)")
+    _model_arguments(g)
     _json_argument(g, '{"prompt", "text"}')
 
 
@@ -242,6 +277,7 @@ def add_embed_arguments(em: argparse.ArgumentParser) -> None:
     _run_argument(em)
     em.add_argument("text", nargs="*", metavar="TEXT", help="texts to embed (default: lines of stdin)")
     em.add_argument("--normalize", action="store_true", help="L2-normalize each embedding")
+    _model_arguments(em)
 
 
 def add_convert_arguments(cv: argparse.ArgumentParser) -> None:
@@ -262,6 +298,7 @@ def add_serve_arguments(sv: argparse.ArgumentParser) -> None:
     _run_argument(sv)
     sv.add_argument("--host", default="127.0.0.1", metavar="HOST", help="address to bind (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, metavar="PORT", help="port (default 8000)")
+    _model_arguments(sv)
 
 
 def add_compare_arguments(cp: argparse.ArgumentParser) -> None:
@@ -338,6 +375,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     family = a.family
     if a.tensorboard:
         overrides.append("train.tensorboard=true")
+    for flag in ("device", "precision"):
+        if getattr(a, flag) is not None:
+            overrides.append(f"train.{flag}={getattr(a, flag)}")
+    if a.compile:
+        overrides.append("train.compile=true")
     resume = a.resume is not None
     if resume:
         given = [k for k, v in data.items() if v]
@@ -492,10 +534,9 @@ def _output(path: Path | None) -> Iterator[TextIO]:
 def cmd_translate(a: argparse.Namespace) -> int:
     """``qkv translate``: one output line per input line (or one JSON line with ``--json``), streamed: a file
     of any length is read and written a chunk at a time."""
-    from qkv import api
     from qkv.data import iter_lines
 
-    run = api.load(a.run)
+    run = _load(a)
     _need_translation(run, "translate")
     if a.input is not None:
         lines: Iterable[str] = itertools.chain(a.text, iter_lines(a.input))
@@ -514,9 +555,8 @@ def cmd_translate(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     """``qkv evaluate``: metrics as one JSON object on stdout (scores with signatures on stderr for --src)."""
-    from qkv import api
 
-    run = api.load(a.run)
+    run = _load(a)
     if not run.config.spec.translation:
         if a.src is not None or a.ref is not None:
             raise QkvError("--src/--ref score translations; this is a language-model run")
@@ -544,10 +584,9 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def cmd_attention(a: argparse.Namespace) -> int:
     """``qkv attention``: write a heatmap (PNG/SVG) or every map as JSON."""
-    from qkv import api
     from qkv.viz import save_attention
 
-    run = api.load(a.run)
+    run = _load(a)
     text = a.text if a.text is not None else sys.stdin.read().strip()
     if not text:
         raise QkvError("nothing to read: give TEXT or a sentence on stdin")
@@ -576,9 +615,8 @@ def _need_translation(run: Any, verb: str) -> None:
 def cmd_generate(a: argparse.Namespace) -> int:
     """``qkv generate``: stream the continuation of one prompt, or print each of several (JSON Lines with
     ``--json``)."""
-    from qkv import api
 
-    run = api.load(a.run)
+    run = _load(a)
     _need(run, "gpt", "generate")
     prompts = list(a.prompts) + list(a.prompt)
     if not prompts:
@@ -606,9 +644,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 def cmd_embed(a: argparse.Namespace) -> int:
     """``qkv embed``: one JSON line per text: {"text", "embedding"}."""
-    from qkv import api
 
-    run = api.load(a.run)
+    run = _load(a)
     _need(run, "bert", "embed")
     texts = a.text if a.text else _stdin_lines()
     if not texts:
@@ -638,10 +675,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     """``qkv serve``: run the attention explorer until Ctrl-C."""
-    from qkv import api
     from qkv.viz.server import serve
 
-    serve(api.load(a.run), a.host, a.port)
+    serve(_load(a), a.host, a.port)
     return 0
 
 

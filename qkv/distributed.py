@@ -10,18 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from qkv.errors import QkvError
+from qkv.devices import resolve_device
 
 __all__ = ["Distributed", "resolve_device", "unwrap"]
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """ "auto" -> cuda (this rank's GPU) when available, else cpu."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise QkvError("train.device=cuda but no CUDA device is available; use device=cpu or auto")
-    if name in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def unwrap(model: nn.Module) -> Any:

@@ -7,34 +7,15 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from qkv import __version__
+from qkv.devices import CPU_FEATURES, cpu_info
 from qkv.linear import packed_linear_available
 
 __all__ = ["CPU_FEATURES", "cpu_info", "environment", "format_environment", "summary_line"]
-
-# CPU flags (as /proc/cpuinfo names them) that decide qkv's speed: vector width, bf16 and matrix units
-CPU_FEATURES = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
-
-
-def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, list[str]]:
-    """(CPU model name, which of ``CPU_FEATURES`` it has); from /proc/cpuinfo where there is one."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return model, []
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            model = value.strip()
-        elif key.strip() in ("flags", "Features"):
-            flags |= set(value.split())
-    return model, [f for f in CPU_FEATURES if f in flags]
 
 
 def _accelerators() -> dict[str, Any]:

@@ -35,12 +35,13 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
 
     On CPUs the mask comes from 16-bit slices of 64-bit random words (four draws per RNG call, so
     ``p`` is exact to 1/65536), about 2x faster than ``F.dropout``, whose per-element random floats
-    cost a quarter of a small Transformer's CPU training step. Elsewhere it is ``F.dropout``.
-    Both draw from torch's global generator, so seeding and resuming stay exact.
+    cost a quarter of a small Transformer's CPU training step. Elsewhere, and under ``torch.compile``
+    (which fuses its own), it is ``F.dropout``. Both draw from torch's global generator, so seeding and
+    resuming stay exact.
     """
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.dropout(x, p, training=True)
     n = x.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)

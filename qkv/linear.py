@@ -17,7 +17,8 @@ reference path runs if not). The selection rule is one condition in :meth:`Linea
 
 The packed copy is made on first use, made again when the weight changes — it is another tensor,
 its version counter moved (optimizer steps, ``load_state_dict``, in-place ops) or its storage moved —
-and dropped when the module is put back into training mode. Writes through ``weight.data`` bypass
+and dropped when the module is put back into training mode or moved (``.to``). Under ``torch.compile``
+the reference path runs (the compiler picks its own kernels). Writes through ``weight.data`` bypass
 the version counter (as they bypass autograd): after one, call ``model.train()`` or write under
 ``torch.no_grad()`` instead. The copy costs as much memory as the weight while it is kept;
 ``set_packing(model, False)`` (or ``Linear.packing = False`` on one module or on the class) turns the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +91,7 @@ class Linear(nn.Linear):
         if (
             self.packing
             and not torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()  # a compiled graph chooses its own kernels
             and x.device.type == "cpu"
             and x.dtype == self.weight.dtype == torch.float32
             and packed_linear_available()
@@ -99,6 +102,12 @@ class Linear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         """x (..., in_features) -> (..., out_features)."""
         return self.rows(x, 0, self.out_features)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Linear:
+        """Moves and casts (``.to``, ``.cuda``, ``.half``) drop the packed copies: they belong to the old
+        weight, and no CPU copy stays behind when the model goes to a GPU."""
+        self._packed = None
+        return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> Linear:
         """Set training mode; entering it drops the packed copies."""

@@ -1,9 +1,10 @@
 """What defines a run: the training arguments, the model and data sections of each model family, and
 the named recipes behind ``qkv train PRESET``.
 
-A run config has three sections, stored together in ``config.json``: ``model`` (the family's config,
-whose type names the family: see :mod:`qkv.families`), ``train`` (``TrainConfig``, shared), and ``task``
-(the data: ``TaskConfig`` for translation, ``TextConfig`` for language models).
+A run config has four sections, stored together in ``config.json``: ``model`` (the family's config,
+whose type names the family: see :mod:`qkv.families`), ``train`` (``TrainConfig``, shared), ``task``
+(the data: ``TaskConfig`` for translation, ``TextConfig`` for language models) and ``decode`` (how a
+translation run decodes by default).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from qkv.config import (
 from qkv.data import TaskConfig
 from qkv.data.lm import TextConfig
 from qkv.decode import DecodeConfig
+from qkv.devices import DEVICE_NAMES, PRECISIONS, check_device_name
 from qkv.errors import QkvError, shown
 from qkv.families import TRANSLATION_FAMILIES, Family, family_named, family_of
 from qkv.models import BERTConfig, GPTConfig, TransformerConfig
@@ -40,8 +42,9 @@ SCHEDULES = ("noam", "inverse_sqrt", "cosine", "constant")
 class TrainConfig:
     """How to train. ``lr`` is the peak learning rate, except for ``schedule="noam"`` where it
     multiplies the paper's formula (1.0 = the paper). ``max_tokens`` > 0 makes token-budget batches
-    (parallel text); otherwise a batch is ``batch_size`` sentences. ``bf16`` runs the forward pass
-    under bfloat16 autocast (for GPUs; slow on CPUs without AVX-512).
+    (parallel text); otherwise a batch is ``batch_size`` sentences. ``precision`` is the
+    forward pass's autocast (:mod:`qkv.devices`: fp32, bf16, fp16 with a gradient scaler, or auto = bf16
+    where the hardware multiplies bf16 natively); ``compile`` runs the model under ``torch.compile``.
 
     Checkpoints: at every evaluation (``eval_every``), every ``save_every`` steps, and every
     ``save_minutes`` of wall time (the paper's 10 minutes); the run's top level holds the latest.
@@ -68,7 +71,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     max_tokens: int = 0
-    bf16: bool = False
+    precision: str = "fp32"
+    compile: bool = False
     save_every: int = 0
     save_minutes: float = 10.0
     keep_last: int = 0
@@ -95,7 +99,8 @@ class TrainConfig:
         check(0 <= self.label_smoothing < 1, s, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
         check(self.clip >= 0, s, "clip", self.clip, "must be >= 0 (0 turns clipping off)")
         check(self.eval_every >= 1, s, "eval_every", self.eval_every, "must be >= 1")
-        check(self.device in ("auto", "cpu", "cuda"), s, "device", self.device, "choose auto, cpu or cuda")
+        check(check_device_name(self.device), s, "device", self.device, f"choose {DEVICE_NAMES}")
+        check(self.precision in PRECISIONS, s, "precision", self.precision, f"choose {', '.join(PRECISIONS)}")
         check(self.threads >= 0, s, "threads", self.threads, "must be >= 0 (0 = torch's default)")
         check(self.max_tokens >= 0, s, "max_tokens", self.max_tokens, "must be >= 0 (0 = batch_size sentences)")
         check(self.save_every >= 0, s, "save_every", self.save_every, "must be >= 0 (0 = only on the clock)")
@@ -162,7 +167,7 @@ class RunConfig:
         family = family_named(data.get("family", "transformer"))  # runs from before the rename say "seq2seq"
         return cls(
             model=config_from_dict(family.config, data["model"], "model"),
-            train=config_from_dict(TrainConfig, data["train"], "train"),
+            train=config_from_dict(TrainConfig, _upgrade_train(data["train"]), "train"),
             task=config_from_dict(family.task, data["task"], "task"),
             decode=config_from_dict(DecodeConfig, data.get("decode", {}), "decode"),  # older runs lack it
         )
@@ -382,6 +387,14 @@ def recipe(name: str) -> RunConfig:
     if name not in RECIPES:
         raise QkvError(f"unknown preset {shown(name)}: choose one of {', '.join(RECIPES)}")
     return RECIPES[name]
+
+
+def _upgrade_train(section: Any) -> Any:
+    """A train section as written before ``precision`` replaced ``bf16: true/false``."""
+    if isinstance(section, dict) and "bf16" in section and "precision" not in section:
+        precision = "bf16" if section["bf16"] else "fp32"
+        section = {k: v for k, v in section.items() if k != "bf16"} | {"precision": precision}
+    return section
 
 
 def read_run_config(run: Path) -> RunConfig:

@@ -41,7 +41,8 @@ from qkv.checkpoint import (
 )
 from qkv.config import replace as replace_section
 from qkv.data import resolve_paths
-from qkv.distributed import Distributed, resolve_device, unwrap
+from qkv.devices import autocast, grad_scaler, resolve_device, resolve_precision
+from qkv.distributed import Distributed, unwrap
 from qkv.errors import QkvError
 from qkv.families import FAMILIES
 from qkv.families.base import TrainingHooks
@@ -114,6 +115,7 @@ def train_step(
     loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     total_tokens: int | None = None,
     world_size: int = 1,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepStats:
     """One optimizer step over ``micro_batches`` (gradient accumulation).
 
@@ -133,17 +135,25 @@ def train_step(
         group["lr"] = lr
     model.train()
     tokens = total_tokens if total_tokens is not None else sum(b.num_target_tokens for b in micro_batches)
-    device_type = next(core.parameters()).device.type
+    device = next(core.parameters()).device
+    precision = resolve_precision(cfg.precision, device, flag="train.precision")
     total = 0.0
     for i, b in enumerate(micro_batches):
         sync = i == len(micro_batches) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
-            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with autocast(device, precision):
                 loss = loss_fn(model, b)
-            (loss * (world_size / tokens)).backward()
+            scaled = loss * (world_size / tokens)
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         total += loss.item()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip if cfg.clip > 0 else math.inf))
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when a gradient is inf/nan; the scale then shrinks
+        scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepStats(total * world_size / tokens, tokens, lr, grad_norm)
 
@@ -255,7 +265,9 @@ def train(
         require_tensorboard()  # before anything is written
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device, dist.local_rank)
+    if dist.world_size > 1 and ":" in cfg.train.device:
+        raise QkvError(f"train.device={cfg.train.device} under torchrun: use cuda (each rank takes its own GPU)")
+    device = resolve_device(cfg.train.device, dist.local_rank, flag="train.device")
     dist.start(device)
     created = not out.exists()
     try:
@@ -298,11 +310,15 @@ class Trainer:
         self.core, trained = self.hooks.build(self.cfg.model)
         self.core.to(self.device)
         self.optimizer = make_optimizer(trained, self.cfg.train)
+        self.precision = resolve_precision(self.cfg.train.precision, self.device, flag="train.precision")
+        self.scaler = grad_scaler(self.device, self.precision)
         self.stream = self.hooks.stream()
         self._restore_or_start()
         if self.dist.world_size > 1:
             torch.manual_seed(self.cfg.train.seed + 7919 * self.dist.rank + self.step)  # dropout differs per rank
         self.model = self.dist.wrap(trained, self.device)
+        if self.cfg.train.compile:
+            self.model = torch.compile(self.model)  # the same parameters; saved through self.core
         self.parameters = count_parameters(self.core)
 
     def _make_hooks(self, cfg: RunConfig) -> TrainingHooks:
@@ -360,6 +376,8 @@ class Trainer:
         state = load_trainer_state(self.out, self.optimizer)
         self.step, self.elapsed, self.tokens_seen = state["step"], state["elapsed_s"], state["tokens_seen"]
         self.stream.load_state_dict(state["data"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         if self.dist.main:
             _truncate_metrics(self.out / "metrics.jsonl", self.step)
             if self.step < self.cfg.train.steps:  # the run goes on: its old summary no longer holds
@@ -373,7 +391,7 @@ class Trainer:
         processes = f", {dist.world_size} processes" if dist.world_size > 1 else ""
         self.say(
             f"qkv: training a {self.parameters:,}-parameter {self.cfg.family} model on {self.hooks.describe_data()} "
-            f"({self.device}{processes}), run directory {self.out}"
+            f"({self.device}, {self.precision}{processes}), run directory {self.out}"
         )
         last = min(until_step if until_step is not None else tc.steps, tc.steps)
         self.log = TrainLog(
@@ -433,6 +451,7 @@ class Trainer:
             loss_fn=lambda m, b: self.hooks.loss_sum(m, b, tc.label_smoothing),
             total_tokens=total_tokens,
             world_size=dist.world_size,
+            scaler=self.scaler,
         )
         nll = None if self.hooks.nll is None else sum(self.hooks.nll) / sum(b.num_target_tokens for b in mine)
         self.hooks.nll = None
@@ -463,6 +482,8 @@ class Trainer:
                 "tokens_seen": self.tokens_seen,
                 "data": self.stream.state_dict(),
             }
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
             save_checkpoint(self.out, self.core, self.optimizer, state)
             if self.cfg.train.keep_last:
                 keep_weights(self.out, self.core, self.step, self.cfg.train.keep_last)
@@ -479,6 +500,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "tokens_per_second": round(self.tokens_seen / max(self.elapsed, 1e-9), 1),
             "device": str(self.device),
+            "precision": self.precision,
             "processes": self.dist.world_size,
         }
         if self.dist.main:

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import qkv
+from qkv.devices import DTYPES
 from qkv.families import FAMILIES, TRANSLATION_FAMILIES, family_named, family_of
+from qkv.linear import Linear, set_packing
 from qkv.recipes import RunConfig, recipe
 from qkv.train import train
 
@@ -74,6 +76,39 @@ def test_inference_makes_no_tensor_on_the_default_device(runs, family):
     with torch.device("meta"):
         got = use(run)
     assert got == expected
+
+
+def _on_cpu_unpacked(path, precision="fp32"):
+    """The run on the CPU with the packed fast path off: the kernels a GPU run's arithmetic meets here."""
+    run = qkv.load(path, device="cpu", precision=precision)
+    set_packing(run.model, False)
+    return run
+
+
+@pytest.mark.filterwarnings("ignore:PyTorch was compiled without cuDNN")  # the GRU asks, on the simulated GPU
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_verb_runs_on_a_gpu(runs, family, precision, fake_cuda):
+    """On a simulated GPU (tests/conftest.py: a tensor made on the CPU meets one on cuda and raises) every
+    verb — greedy and beam translation, evaluation, attention maps, sampling, embeddings — runs, in fp32
+    and in bf16 weights, and gives what the same kernels give on the CPU."""
+    expected = use(_on_cpu_unpacked(runs[family], precision))
+    run = qkv.load(runs[family], device="cuda", precision=precision)
+    assert {(p.device.type, p.dtype) for p in run.model.parameters()} == {("cuda", DTYPES[precision])}
+    assert run.device.type == "cuda"
+    assert all(m._packed is None for m in run.model.modules() if isinstance(m, Linear))
+    assert use(run) == expected
+
+
+def test_a_tensor_made_on_the_cpu_fails_the_gpu_test(runs, fake_cuda, monkeypatch):
+    """The simulated GPU catches a verb that makes one tensor on the CPU (here: the source padding mask)."""
+    from qkv.models import transformer
+
+    real = transformer.padding_mask
+    monkeypatch.setattr(transformer, "padding_mask", lambda tokens, pad: real(tokens.cpu(), pad))
+    run = qkv.load(runs["transformer"], device="cuda")
+    with pytest.raises(RuntimeError, match="same device"):
+        run.translate(["a b c"])
 
 
 def test_a_run_from_before_the_rename_still_loads(runs, tmp_path):

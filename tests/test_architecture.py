@@ -11,11 +11,12 @@ import qkv
 ROOT = Path(qkv.__file__).parent
 
 # Each module's layer; a module may import modules of its own layer or below. The most specific
-# prefix wins. Utilities that know nothing of models (errors, config, linear, data, checkpoint) are 0.
+# prefix wins. Utilities that know nothing of models (errors, config, linear, devices, data, checkpoint) are 0.
 LAYERS = {
     "qkv.errors": 0,
     "qkv.config": 0,
     "qkv.linear": 0,
+    "qkv.devices": 0,
     "qkv.objectives": 0,
     "qkv.checkpoint": 0,
     "qkv.data": 0,

@@ -50,3 +50,29 @@ def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((ddp / "summary.json").read_text())["step"] == 8
     assert torch.isfinite(load_file(ddp / "model.safetensors")["tgt_embed.weight"]).all()
+
+
+def test_two_nodes_meeting_at_a_c10d_rendezvous_match_one_process(tmp_path):
+    """Multi-node torchrun, as two "nodes" on this machine: two launches of ``torchrun --nnodes=2
+    --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT`` train the same weights as one process with the same
+    global batch (two micro-batches accumulated)."""
+    nodes, single = tmp_path / "nodes", tmp_path / "single"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1"]
+    launch += ["--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=qkv-two-nodes"]
+    cmd = [*launch, "-m", "qkv", "train", "reverse", *TINY, "--out", str(nodes), "--no-progress"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(err[-2000:] for _, err in outputs)
+    assert any("2 processes" in err for _, err in outputs)
+    res = subprocess.run(
+        [sys.executable, "-m", "qkv", "train", "reverse", *TINY, "accum=2", "--out", str(single), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    a, b = load_file(nodes / "model.safetensors"), load_file(single / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-6, worst
+    assert json.loads((nodes / "summary.json").read_text())["processes"] == 2

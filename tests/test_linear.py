@@ -110,3 +110,22 @@ def test_a_block_of_rows_equals_the_same_rows_of_the_reference() -> None:
     assert (16, 48) in lin._packed  # the packed path ran, for that block
     torch.testing.assert_close(block, F.linear(x, lin.weight[16:48], lin.bias[16:48]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(block, lin(x)[..., 16:48], atol=1e-5, rtol=1e-5)
+
+
+@needs_packing
+def test_moving_the_module_drops_the_packed_copy(fake_cuda) -> None:
+    """No packed CPU copy outlives a move: not to another dtype, not to a GPU (where the packed path
+    never runs: F.linear does)."""
+    lin = Linear(8, 4).eval()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        lin(x)
+        assert lin._packed  # made on first use on the CPU
+        lin.to(torch.float64)
+        assert lin._packed is None
+        lin.to(torch.float32)(x)
+        assert lin._packed
+        lin.to("cuda")
+        assert lin._packed is None and lin.weight.device.type == "cuda"
+        assert torch.allclose(lin(x.to("cuda")).cpu(), F.linear(x, lin.weight.cpu(), lin.bias.cpu()))
+        assert lin._packed is None  # the GPU path made none

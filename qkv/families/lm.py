@@ -234,8 +234,8 @@ class BERTRun(LMRun):
 
     @torch.no_grad()
     def embed(self, texts: list[str] | str, *, normalize: bool = False, batch_size: int = 64) -> torch.Tensor:
-        """Sentence embeddings (N, d_model), on the model's device: mean of the last hidden states over the
-        attention mask, L2-normalized when asked."""
+        """Sentence embeddings (N, d_model) in float32, on the model's device: mean of the last hidden states
+        over the attention mask, L2-normalized when asked."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise QkvError("nothing to embed: give at least one text")
@@ -245,6 +245,6 @@ class BERTRun(LMRun):
         for i in range(0, len(texts), batch_size):
             idx = order[i : i + batch_size]
             ids, mask = self.encode_texts([texts[j] for j in idx])
-            pooled = mean_pool(self.model(ids, mask), mask)
+            pooled = mean_pool(self.model(ids, mask).float(), mask)  # float32 whatever the weights' precision
             out[idx] = F.normalize(pooled, dim=-1) if normalize else pooled
         return out
