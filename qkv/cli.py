@@ -50,7 +50,8 @@ EXAMPLES = {
   qkv embed runs/minilm "A man is eating food." "A man is riding a horse." --normalize
   cat sentences.txt | qkv embed runs/minilm --normalize > embeddings.jsonl""",
     "convert": """example:
-  qkv convert --from-hf path/to/bert-or-gpt2-directory --out runs/imported""",
+  qkv convert --from-hf path/to/bert-or-gpt2-directory --out runs/imported
+  qkv convert --from-hf path/to/opus-mt-de-en --out runs/opus-de-en   # a Marian translation model""",
     "export": """example:
   qkv export runs/shakespeare --out hf/shakespeare   # then transformers' from_pretrained works""",
     "serve": """example:
@@ -754,8 +755,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "attention": (cmd_attention, add_attention_arguments, "draw attention heatmaps"),
     "generate": (cmd_generate, add_generate_arguments, "continue prompts with a GPT run"),
     "embed": (cmd_embed, add_embed_arguments, "sentence embeddings with a BERT run"),
-    "convert": (cmd_convert, add_convert_arguments, "make a run of a Hugging Face GPT-2 or BERT"),
-    "export": (cmd_export, add_export_arguments, "write a GPT or BERT run for Hugging Face"),
+    "convert": (cmd_convert, add_convert_arguments, "make a run of a Hugging Face GPT-2, BERT or Marian model"),
+    "export": (cmd_export, add_export_arguments, "write a GPT, BERT or Transformer run for Hugging Face"),
     "serve": (cmd_serve, add_serve_arguments, "the attention explorer in the browser"),
     "compare": (
         cmd_compare,

@@ -17,6 +17,7 @@ from qkv.attention import KVCache, MultiHeadAttention
 from qkv.linear import Linear
 
 __all__ = [
+    "ACTIVATIONS",
     "DecoderCache",
     "Dropout",
     "FeedForward",
@@ -65,19 +66,32 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "swish": F.silu,  # x · sigmoid(x) (Marian's opus-mt models)
+}
 
 
 class SinusoidalPositionalEncoding(nn.Module):
-    """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model))."""
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model)).
 
-    def __init__(self, d_model: int, max_len: int = 1024) -> None:
+    ``layout="halves"`` stores the same table with the sines in the first half of the vector and the
+    cosines in the second (Marian's and fairseq's layout), instead of interleaved (the paper's)."""
+
+    LAYOUTS = ("interleaved", "halves")
+
+    def __init__(self, d_model: int, max_len: int = 1024, layout: str = "interleaved") -> None:
         super().__init__()
         pos = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)  # (max_len, 1)
         inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+        sin, cos = torch.sin(pos * inv_freq), torch.cos(pos * inv_freq[: d_model // 2])
         pe = torch.zeros(max_len, d_model)
-        pe[:, 0::2] = torch.sin(pos * inv_freq)
-        pe[:, 1::2] = torch.cos(pos * inv_freq[: d_model // 2])
+        if layout == "halves":
+            pe[:, : sin.size(1)], pe[:, sin.size(1) :] = sin, cos
+        else:
+            pe[:, 0::2], pe[:, 1::2] = sin, cos
         self.register_buffer("pe", pe, persistent=False)  # (max_len, d_model)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:

@@ -25,6 +25,7 @@ LAYERS = {
     "qkv.models": 3,
     "qkv.decode": 4,
     "qkv.interop.hf": 4,
+    "qkv.interop.marian": 4,
     "qkv.viz": 5,
     "qkv.families": 5,
     "qkv.recipes": 6,

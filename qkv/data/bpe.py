@@ -139,6 +139,10 @@ def load_tokenizer(path: Path) -> Vocab | SubwordTokenizer:
     try:
         if isinstance(data, dict) and data.get("type") == "vocab":
             return Vocab.from_dict(data)
+        if isinstance(data, dict) and data.get("type") == "sentencepiece":
+            from qkv.data.spm import SentencePieceTokenizer
+
+            return SentencePieceTokenizer.from_dict(data)  # type: ignore[return-value]
         if isinstance(data, dict) and data.get("type") == "subword":
             return SubwordTokenizer(Tokenizer.from_str(json.dumps(data["tokenizer"])), data["specials"])
         if isinstance(data, dict) and "model" in data:  # a plain Hugging Face tokenizer.json of qkv's BPE

@@ -12,7 +12,15 @@ from torch import Tensor, nn
 
 from qkv.attention import ATTENTION_VARIANTS
 from qkv.config import check
-from qkv.layers import DecoderCache, Dropout, LayerStack, LayerWeights, SinusoidalPositionalEncoding, TransformerLayer
+from qkv.layers import (
+    ACTIVATIONS,
+    DecoderCache,
+    Dropout,
+    LayerStack,
+    LayerWeights,
+    SinusoidalPositionalEncoding,
+    TransformerLayer,
+)
 from qkv.linear import Linear
 from qkv.models.shared import check_attention_shape, check_dropout, check_length, count_parameters
 from qkv.models.translation import EncoderDecoderModel, StackedDecoderConfig, padding_mask, translation_embeddings
@@ -38,6 +46,9 @@ class TransformerConfig(StackedDecoderConfig):
     ``attention_dropout`` on attention weights (None = ``dropout``; 0 keeps the fused flash kernel on
     CPUs); ``ffn_dropout`` on the feed-forward hidden layer (0 in the paper).
     ``attention``: "scaled" (the paper), "dot" (unscaled) or "per_query" (scaled, one query at a time).
+    ``activation`` is the feed-forward's (relu in the paper); ``logits_bias`` adds a bias to the output
+    logits; ``position_layout`` lays the sinusoid table out interleaved (the paper) or in halves (Marian):
+    options that imported models (Marian's opus-mt) need, not separate classes.
     """
 
     h: int = 8
@@ -46,6 +57,9 @@ class TransformerConfig(StackedDecoderConfig):
     ffn_dropout: float = 0.0
     norm_first: bool = False
     attention: str = "scaled"
+    activation: str = "relu"
+    logits_bias: bool = False
+    position_layout: str = "interleaved"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,6 +74,15 @@ class TransformerConfig(StackedDecoderConfig):
             "attention",
             self.attention,
             f"choose one of {', '.join(ATTENTION_VARIANTS)}",
+        )
+        check(self.activation in ACTIVATIONS, s, "activation", self.activation, f"choose {', '.join(ACTIVATIONS)}")
+        layouts = SinusoidalPositionalEncoding.LAYOUTS
+        check(
+            self.position_layout in layouts,
+            s,
+            "position_layout",
+            self.position_layout,
+            f"choose {' or '.join(layouts)}",
         )
 
     @classmethod
@@ -89,6 +112,7 @@ def _stack(cfg: TransformerConfig, num_layers: int, cross_attention: bool) -> La
             norm_first=cfg.norm_first,
             cross_attention=cross_attention,
             attention=cfg.attention,
+            activation=cfg.activation,
         )
         for _ in range(num_layers)
     ]
@@ -105,11 +129,11 @@ class Transformer(EncoderDecoderModel):
         self.cfg = cfg
         d = cfg.d_model
         self.src_embed, self.tgt_embed = translation_embeddings(cfg, d)
-        self.positions = SinusoidalPositionalEncoding(d, cfg.max_len)
+        self.positions = SinusoidalPositionalEncoding(d, cfg.max_len, cfg.position_layout)
         self.dropout = Dropout(cfg.dropout)
         self.encoder = _stack(cfg, cfg.N, cross_attention=False)
         self.decoder = _stack(cfg, cfg.decoder_layers, cross_attention=True)
-        self.generator = Linear(d, cfg.tgt_vocab_size, bias=False)
+        self.generator = Linear(d, cfg.tgt_vocab_size, bias=cfg.logits_bias)
         self._init_weights()
         if cfg.share_embeddings != "none":
             self.generator.weight = self.tgt_embed.weight

@@ -1,0 +1,268 @@
+"""Marian (opus-mt) in: randomly initialised MarianMTModels of two odd shapes, with SentencePiece models
+trained on the fly, convert to qkv runs whose encoder outputs and logits match transformers' to 1e-4,
+whose greedy tokens equal ``generate(num_beams=1)``, and whose tokenizers give MarianTokenizer's ids and
+texts. No downloads."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+
+import pytest
+import torch
+
+import qkv
+from qkv.cli import main
+from qkv.decode import greedy
+from qkv.errors import QkvError
+from qkv.interop import convert_from_hf
+
+spm = pytest.importorskip("sentencepiece")
+transformers = pytest.importorskip("transformers")
+
+WORDS = (
+    "ein eine der die das mann frau kind hund katze spielt läuft sitzt auf dem im park schnee ball rot blau "
+    "großen kleinen zwei drei menschen straße wasser strand vor einem haus a the man woman child dog cat plays "
+    "runs sits on in park snow ball red blue big small two three people street water beach in front of house ."
+).split()
+
+# two odd shapes: (name, d_model, heads, encoder layers, decoder layers, d_ff, activation, shared vocabulary)
+SHAPES = [("shared-swish", 48, 3, 2, 3, 80, "swish", True), ("separate-gelu", 40, 5, 3, 1, 24, "gelu", False)]
+
+
+def sentences(n: int, seed: int) -> list[str]:
+    """Short sentences of the word list, capitalised as text is (with a few words SentencePiece has not seen)."""
+    g = random.Random(seed)
+    out = [" ".join(g.choice(WORDS) for _ in range(g.randint(2, 12))).capitalize() for _ in range(n)]
+    return out + ["Zebras grasen (unbekannt) 42!", ">>deu<< Ein Hund.", ""]
+
+
+def train_spm(lines: list[str], size: int) -> tuple[bytes, list[str]]:
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=size, character_coverage=1.0, minloglevel=2
+    )
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    return buf.getvalue(), [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+
+
+def marian_vocab(pieces: list[str], size: int) -> dict[str, int]:
+    """Marian's layout: </s> 0, <unk> 1, the pieces, a language code, <pad> last (id size - 1: both sides of
+    a model with separate vocabularies share the pad id)."""
+    vocab = {"</s>": 0, "<unk>": 1}
+    for p in pieces:
+        if p != "<s>":
+            vocab.setdefault(p, len(vocab))
+    vocab[">>deu<<"] = len(vocab)
+    while len(vocab) < size - 1:
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
+    vocab["<pad>"] = len(vocab)
+    return vocab
+
+
+@pytest.fixture(scope="module", params=SHAPES, ids=[s[0] for s in SHAPES])
+def marian_dir(request, tmp_path_factory):
+    """A MarianMTModel directory (config, weights, source.spm, target.spm, vocab.json) of one shape."""
+    name, d, h, n_enc, n_dec, d_ff, act, shared = request.param
+    out = tmp_path_factory.mktemp("marian") / name
+    out.mkdir()
+    text = sentences(300, 1)
+    src_model, src_pieces = train_spm(text, 150)
+    tgt_model, tgt_pieces = (src_model, src_pieces) if shared else train_spm(text[::-1] + sentences(100, 7), 120)
+    (out / "source.spm").write_bytes(src_model)
+    (out / "target.spm").write_bytes(tgt_model)
+    size = max(len(src_pieces), len(tgt_pieces)) + 4
+    vocab = marian_vocab(src_pieces, size)
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    tok_config = {"tokenizer_class": "MarianTokenizer", "separate_vocabs": not shared}
+    tgt_vocab = vocab
+    if not shared:
+        tgt_vocab = marian_vocab(tgt_pieces, size)
+        (out / "target_vocab.json").write_text(json.dumps(tgt_vocab))
+        tok_config["target_vocab_file"] = str(out / "target_vocab.json")
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    cfg = transformers.MarianConfig(
+        vocab_size=len(vocab),
+        decoder_vocab_size=len(tgt_vocab),
+        d_model=d,
+        encoder_layers=n_enc,
+        decoder_layers=n_dec,
+        encoder_attention_heads=h,
+        decoder_attention_heads=h,
+        encoder_ffn_dim=d_ff,
+        decoder_ffn_dim=d_ff,
+        max_position_embeddings=64,
+        pad_token_id=vocab["<pad>"],
+        decoder_start_token_id=vocab["<pad>"],
+        eos_token_id=0,
+        forced_eos_token_id=None,
+        scale_embedding=True,
+        activation_function=act,
+        share_encoder_decoder_embeddings=shared,
+        init_std=0.3,  # far from uniform logits, so greedy decoding takes varied paths
+    )
+    torch.manual_seed(0)
+    model = transformers.MarianMTModel(cfg).eval()
+    with torch.no_grad():
+        model.final_logits_bias.normal_(0, 0.5)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def converted(marian_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "marian"
+    convert_from_hf(marian_dir, run)
+    return qkv.load(run, device="cpu")
+
+
+def hf_pair(marian_dir):
+    model = transformers.MarianMTModel.from_pretrained(marian_dir).eval()
+    return model, transformers.MarianTokenizer.from_pretrained(marian_dir)
+
+
+def test_token_ids_and_texts_equal_marian_tokenizers(marian_dir, converted):
+    _, tok = hf_pair(marian_dir)
+    texts = sentences(100, 2)
+    assert [converted.src_tokenizer.encode(t) + [0] for t in texts] == [tok(t)["input_ids"] for t in texts]
+    targets = tok(text_target=texts)["input_ids"]
+    assert [converted.tgt_tokenizer.encode(t) + [0] for t in texts] == targets
+    assert [converted.tgt_tokenizer.decode(ids) for ids in targets] == tok.batch_decode(
+        targets, skip_special_tokens=True
+    )
+
+
+def test_encoder_outputs_and_logits_equal_transformers(marian_dir, converted):
+    model, tok = hf_pair(marian_dir)
+    texts = sentences(16, 3)[:16]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    src = converted.encode_source(texts)
+    assert torch.equal(src, enc["input_ids"])
+    g = torch.Generator().manual_seed(0)
+    tgt = torch.randint(2, model.config.decoder_vocab_size - 1, (len(texts), 7), generator=g)
+    tgt[:, 0] = model.config.decoder_start_token_id
+    with torch.no_grad():
+        memory, _, _ = converted.model.encode(src)
+        mask = enc["attention_mask"].bool()[..., None]
+        hf_memory = model.model.encoder(**enc).last_hidden_state
+        assert (memory - hf_memory).masked_select(mask).abs().max() < 1e-4
+        logits = converted.model(src, tgt)
+        assert (logits - model(**enc, decoder_input_ids=tgt).logits).abs().max() < 1e-4
+
+
+def test_greedy_tokens_equal_generate(marian_dir, converted):
+    model, tok = hf_pair(marian_dir)
+    texts = sentences(24, 4)[:24]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, num_beams=1, do_sample=False, max_new_tokens=20)
+    theirs = [[t for t in row[1:].tolist() if t != model.config.pad_token_id] for row in out]
+    tgt_tok = converted.tgt_tokenizer
+    hyps = greedy(
+        converted.model, converted.encode_source(texts), bos_id=tgt_tok.bos_id, eos_id=tgt_tok.eos_id, max_len=20
+    )
+    assert [h.tokens for h in hyps] == theirs
+    assert len({tuple(t) for t in theirs}) > 3  # varied outputs, not one repeated string
+    assert converted.translate(texts, beam=1, max_len=20) == tok.batch_decode(out, skip_special_tokens=True)
+
+
+def test_the_converted_run_works_with_every_translation_verb(marian_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["convert", "--from-hf", str(marian_dir), "--out", str(run)]) == 0
+    assert main(["translate", str(run), "Ein Hund läuft.", "--beam", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == "Ein Hund läuft."
+    maps = qkv.load(run).attention("Ein Hund läuft im Park.")
+    assert maps.source[-1] == "</s>" or len(maps.source) > 3
+    cfg = json.loads((run / "config.json").read_text())["model"]
+    assert (cfg["activation"], cfg["position_layout"], cfg["logits_bias"]) in {
+        ("swish", "halves", True),
+        ("gelu", "halves", True),
+    }
+
+
+def test_what_qkv_cannot_express_is_one_line(marian_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(marian_dir, bad)
+    config = json.loads((bad / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "scale_embedding": False}))
+    with pytest.raises(QkvError, match="scale_embedding=false"):
+        convert_from_hf(bad, tmp_path / "out")
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "source.spm").unlink()
+    with pytest.raises(QkvError, match="source.spm is missing"):
+        convert_from_hf(bad, tmp_path / "out2")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+def test_export_then_import_gives_back_the_marian_model(marian_dir, converted, tmp_path):
+    """qkv convert then qkv export writes the same weights, and MarianTokenizer reads the files back."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "exported"
+    assert main(["export", str(converted.path), "--out", str(out)]) == 0
+    original, exported = load_file(marian_dir / "model.safetensors"), load_file(out / "model.safetensors")
+    for name, tensor in original.items():
+        if name in exported:
+            assert torch.equal(tensor, exported[name]), name
+    model = transformers.MarianMTModel.from_pretrained(out).eval()
+    tok = transformers.MarianTokenizer.from_pretrained(out)
+    texts = sentences(20, 5)[:20]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    assert torch.equal(enc["input_ids"], converted.encode_source(texts))
+    with torch.no_grad():
+        out_ids = model.generate(**enc, num_beams=1, do_sample=False, max_new_tokens=16)
+    assert tok.batch_decode(out_ids, skip_special_tokens=True) == converted.translate(texts, beam=1, max_len=16)
+
+
+@pytest.fixture(scope="module")
+def qkv_run(tmp_path_factory):
+    """A translation run trained by qkv on parallel text (BPE, interleaved positions, relu)."""
+    from qkv.recipes import recipe
+    from qkv.train import train
+
+    root = tmp_path_factory.mktemp("qkvrun")
+    src = sentences(400, 11)
+    (root / "train.tsv").write_text("".join(f"{s}\t{' '.join(s.split()[::-1])}\n" for s in src if s))
+    (root / "valid.tsv").write_text("".join(f"{s}\t{' '.join(s.split()[::-1])}\n" for s in sentences(20, 12) if s))
+    cfg = recipe("multi30k").with_data("'multi30k'", train=[root / "train.tsv"], valid=[root / "valid.tsv"])
+    tiny = ["d_model=32", "h=4", "N=2", "d_ff=48", "steps=40", "max_tokens=600", "warmup=10", "eval_every=40"]
+    overrides = [*tiny, "vocab_size=200", "model.max_len=64", "task.max_len=40"]
+    train(cfg, root / "run", overrides=overrides, progress=False, log=lambda m: None)
+    return root / "run"
+
+
+def test_a_run_qkv_trained_translates_the_same_in_transformers(qkv_run, tmp_path):
+    """qkv run -> export -> transformers: the same greedy translations of 50 sentences (the interleaved
+    sinusoid table becomes Marian's halves by a permutation of the model's coordinates)."""
+    out = tmp_path / "hf"
+    assert main(["export", str(qkv_run), "--out", str(out)]) == 0
+    run = qkv.load(qkv_run, device="cpu")
+    assert run.config.model.position_layout == "interleaved"
+    model = transformers.MarianMTModel.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    texts = [t for t in sentences(60, 13) if t][:50]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    assert torch.equal(enc["input_ids"], run.encode_source(texts))
+    with torch.no_grad():
+        ids = model.generate(**enc, num_beams=1, do_sample=False, max_new_tokens=30)
+        assert (
+            model(**enc, decoder_input_ids=ids[:, :5]).logits - run.model(enc["input_ids"], ids[:, :5])
+        ).abs().max() < 1e-4
+    assert tok.batch_decode(ids, skip_special_tokens=True) == run.translate(texts, beam=1, max_len=30)
+
+
+REFUSED = [("norm_first", "model.norm_first=true"), ("attention", "model.attention=dot")]
+
+
+@pytest.mark.parametrize(("option", "message"), REFUSED)
+def test_an_option_marian_cannot_express_is_refused(option, message):
+    from qkv.interop.marian import marian_to_hf
+    from qkv.models import TransformerConfig, build_transformer
+
+    value = {"norm_first": True, "attention": "dot"}[option]
+    cfg = TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, d_model=8, h=2, N=1, **{option: value})
+    with pytest.raises(QkvError, match=f"cannot be a Marian model: {message}"):
+        marian_to_hf(build_transformer(cfg))
