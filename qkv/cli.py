@@ -203,6 +203,9 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--out", type=Path, metavar="DIR", help="run directory to create (default: runs/PRESET-TIME)")
     t.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in RUN exactly where it stopped")
+    t.add_argument(
+        "--init", type=Path, metavar="RUN", help="start from RUN's weights, tokenizers and model section (fine-tune)"
+    )
     t.add_argument("--until-step", type=int, metavar="N", help="stop (resumably) after step N")
     t.add_argument("--no-progress", action="store_true", help="no progress bar: a plain line every log_every steps")
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (sets train.tensorboard)")
@@ -381,6 +384,15 @@ def cmd_train(a: argparse.Namespace) -> int:
             overrides.append(f"train.{flag}={getattr(a, flag)}")
     if a.compile:
         overrides.append("train.compile=true")
+    if a.init is not None:
+        from qkv.train import recipe
+
+        if a.resume is not None:
+            raise QkvError("--resume continues a run from its own weights: drop --init")
+        model_fields = [o.split("=", 1)[0] for o in overrides if recipe(preset).section_of(o) == "model"]
+        if model_fields:
+            raise QkvError(f"--init {a.init} brings its own model section: drop {model_fields[0]}=…")
+        overrides.append(f"train.init={a.init}")
     resume = a.resume is not None
     if resume:
         given = [k for k, v in data.items() if v]

@@ -51,6 +51,9 @@ class TrainConfig:
     ``keep_last`` > 0 also keeps the weights of the last K checkpoints in ``checkpoints/`` (for
     ``qkv average``); ``keep_best`` keeps the weights of the best validation score there too.
 
+    ``init`` (``qkv train --init RUN``) starts a new run from another run's weights and tokenizers, with
+    that run's model section (fine-tuning, e.g. of a converted opus-mt model).
+
     Logs: every ``log_every`` steps a ``{"kind": "train"}`` row in metrics.jsonl (and a plain line when
     there is no progress bar); ``tensorboard`` also writes TensorBoard event files (``RUN/tensorboard``)."""
 
@@ -79,6 +82,7 @@ class TrainConfig:
     keep_best: bool = False
     log_every: int = 100
     tensorboard: bool = False
+    init: str = ""
 
     def __post_init__(self) -> None:
         s = "train"
@@ -191,6 +195,10 @@ class RunConfig:
         if strict:
             out.check_read(set(changes["task"]))
         return out
+
+    def section_of(self, item: str) -> str:
+        """The section a ``key=value`` override sets (a QkvError if it names no field)."""
+        return self._parse_override(item, {s: type(getattr(self, s)) for s in self.SECTIONS})[0]
 
     def _parse_override(self, item: str, classes: dict[str, type]) -> tuple[str, str, str]:
         """(section, field, value text) of one ``key=value``."""

@@ -228,12 +228,23 @@ def resolve_config(cfg: RunConfig | None, out: Path, resume: bool, overrides: li
     paths made absolute, or when resuming, the run's own config with overrides of its train section."""
     if resume:
         return read_run_config(out).with_overrides(overrides, sections=("train", "decode"))
-    cfg = (cfg or recipe(DEFAULT_RECIPE)).with_overrides(overrides)
+    cfg = _with_init((cfg or recipe(DEFAULT_RECIPE)).with_overrides(overrides))
     if cfg.spec.translation:
         return dataclasses.replace(cfg, task=resolve_paths(cfg.task))
     task = cfg.task
     paths = {k: str(Path(v).expanduser().resolve()) for k in ("path", "valid_path") if (v := getattr(task, k))}
     return dataclasses.replace(cfg, task=replace_section(task, "task", **paths))
+
+
+def _with_init(cfg: RunConfig) -> RunConfig:
+    """With ``train.init``: the model section of the run it names (its absolute path recorded)."""
+    if not cfg.train.init:
+        return cfg
+    init = Path(cfg.train.init).expanduser().resolve()
+    base = read_run_config(init)
+    if base.family != cfg.family:
+        raise QkvError(f"--init {init} is a {base.family} run, but the preset trains a {cfg.family} model")
+    return dataclasses.replace(cfg, model=base.model, train=replace_section(cfg.train, "train", init=str(init)))
 
 
 def train(
@@ -308,6 +319,9 @@ class Trainer:
         self.cfg = dataclasses.replace(cfg, model=self.hooks.model_config())
         torch.manual_seed(self.cfg.train.seed)
         self.core, trained = self.hooks.build(self.cfg.model)
+        if self.cfg.train.init and not resume:  # fine-tuning: the weights of the run it starts from
+            init = Path(self.cfg.train.init)
+            load_weights(self.core, load_model_tensors(init), str(init / "model.safetensors"))
         self.core.to(self.device)
         self.optimizer = make_optimizer(trained, self.cfg.train)
         self.precision = resolve_precision(self.cfg.train.precision, self.device, flag="train.precision")
@@ -326,6 +340,8 @@ class Trainer:
         the data: rank 0 first, then the other ranks, who find what it prepared."""
         spec = cfg.spec
         tokenizers = spec.run.load_tokenizers(self.out) if self.resume else None
+        if cfg.train.init and not self.resume:
+            tokenizers = spec.run.load_tokenizers(Path(cfg.train.init))
 
         def make() -> TrainingHooks:
             return spec.hooks(spec, cfg, tokenizers, log=self.say, workdir=self.out)  # type: ignore[call-arg]

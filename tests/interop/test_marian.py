@@ -266,3 +266,23 @@ def test_an_option_marian_cannot_express_is_refused(option, message):
     cfg = TransformerConfig(src_vocab_size=20, tgt_vocab_size=20, d_model=8, h=2, N=1, **{option: value})
     with pytest.raises(QkvError, match=f"cannot be a Marian model: {message}"):
         marian_to_hf(build_transformer(cfg))
+
+
+def test_fine_tuning_starts_from_the_converted_run(converted, tmp_path, capsys):
+    """qkv train PRESET --init RUN: the new run has RUN's tokenizers and model section, and its weights
+    start as RUN's (with a learning rate of ~0 they stay so); a model override beside --init is refused."""
+    pairs = [(s, s.lower()) for s in sentences(60, 21) if s]
+    (tmp_path / "train.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs))
+    out = tmp_path / "tuned"
+    argv = ["train", "multi30k", "--train", str(tmp_path / "train.tsv"), "--valid", str(tmp_path / "train.tsv")]
+    argv += ["--init", str(converted.path), "steps=2", "lr=1e-12", "schedule=constant", "warmup=0", "max_tokens=300"]
+    argv += ["eval_every=2", "task.max_len=40", "--out", str(out), "--json", "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    tuned = qkv.load(out, device="cpu")
+    assert tuned.config.model == converted.config.model and tuned.config.train.init == str(converted.path.resolve())
+    assert (out / "tgt_tokenizer.json").read_text() == (converted.path / "tgt_tokenizer.json").read_text()
+    a, b = tuned.model.state_dict(), converted.model.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    assert main([*argv[:-4], "d_model=64", "--out", str(tmp_path / "no")]) == 2
+    assert "--init" in capsys.readouterr().err and not (tmp_path / "no").exists()
