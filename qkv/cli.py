@@ -294,7 +294,13 @@ def add_export_arguments(ex: argparse.ArgumentParser) -> None:
     """``qkv export``'s arguments."""
     _run_argument(ex)
     ex.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to create")
-    ex.add_argument("--format", choices=("hf",), default="hf", metavar="hf", help="hf: Hugging Face (the default)")
+    ex.add_argument(
+        "--format",
+        choices=("hf", "ct2"),
+        default="hf",
+        metavar="hf|ct2",
+        help="hf: Hugging Face (the default); ct2: a CTranslate2 model (translation runs; pip install ctranslate2)",
+    )
 
 
 def add_serve_arguments(sv: argparse.ArgumentParser) -> None:
@@ -678,9 +684,14 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    """``qkv export RUN --out DIR``: a Hugging Face directory of a run."""
-    from qkv.interop import export_to_hf
+    """``qkv export RUN --out DIR``: a Hugging Face (or CTranslate2) directory of a run."""
+    from qkv.interop import export_to_ct2, export_to_hf
 
+    if a.format == "ct2":
+        run = _load(argparse.Namespace(run=a.run, device="cpu", precision="fp32", compile=False))
+        _need_translation(run, "export --format ct2")
+        print(f"qkv: wrote CTranslate2 model {export_to_ct2(run, a.out)}", file=sys.stderr)
+        return 0
     out = export_to_hf(a.run, a.out)
     print(f"qkv: wrote Hugging Face directory {out}", file=sys.stderr)
     return 0

@@ -26,6 +26,7 @@ LAYERS = {
     "qkv.decode": 4,
     "qkv.interop.hf": 4,
     "qkv.interop.marian": 4,
+    "qkv.interop.ct2": 4,
     "qkv.viz": 5,
     "qkv.families": 5,
     "qkv.recipes": 6,

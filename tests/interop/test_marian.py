@@ -286,3 +286,27 @@ def test_fine_tuning_starts_from_the_converted_run(converted, tmp_path, capsys):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
     assert main([*argv[:-4], "d_model=64", "--out", str(tmp_path / "no")]) == 2
     assert "--init" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+
+def ct2_translate(model_dir, run, texts: list[str], beam: int, max_len: int) -> list[str]:
+    """CTranslate2's translations of ``texts`` with the run's tokenizers (source pieces + </s> in)."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    st, tt = run.src_tokenizer, run.tgt_tokenizer
+    pieces = [[st.id_to_token(i) for i in st.encode(t)] + [st.id_to_token(st.eos_id)] for t in texts]
+    translator = ctranslate2.Translator(str(model_dir), device="cpu", intra_threads=1)
+    results = translator.translate_batch(pieces, beam_size=beam, max_decoding_length=max_len)
+    return [tt.decode([tt.token_id(p) for p in r.hypotheses[0]]) for r in results]
+
+
+@pytest.mark.parametrize("which", ["trained by qkv", "converted from Marian"])
+def test_ctranslate2_translates_as_qkv_does(which, qkv_run, converted, tmp_path):
+    """qkv export --format ct2 -> CTranslate2's Translator: the same greedy translations of 50 sentences,
+    for a run qkv trained (interleaved positions, relu) and one converted from Marian (halves, bias, swish
+    or gelu)."""
+    pytest.importorskip("ctranslate2")
+    path = qkv_run if which == "trained by qkv" else converted.path
+    out = tmp_path / "ct2"
+    assert main(["export", str(path), "--format", "ct2", "--out", str(out)]) == 0
+    run = qkv.load(path, device="cpu")
+    texts = [t for t in sentences(60, 31) if t][:50]
+    assert ct2_translate(out, run, texts, beam=1, max_len=20) == run.translate(texts, beam=1, max_len=20)
