@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers (marian_dirs.py) import as plain modules
 
 TINY = [
     "d_model=32",

@@ -84,8 +84,12 @@ def attention_maps(run: Any, text: str, *, target: str | None = None, beam: int 
     model.eval()
     src = run.encode_source([text])  # (1, S) with <eos>
     if target is None:
-        ids = {"bos_id": tgt_tok.bos_id, "eos_id": tgt_tok.eos_id}
-        hyp = greedy(model, src, **ids)[0] if beam == 1 else beam_search(model, src, beam=beam, **ids)[0][0]
+        decode = run.config.decode  # the length limit and length penalty the run translates with
+        ids = {"bos_id": tgt_tok.bos_id, "eos_id": tgt_tok.eos_id, "max_len": decode.max_len(model, src)}
+        if beam == 1:
+            hyp = greedy(model, src, **ids)[0]
+        else:
+            hyp = beam_search(model, src, beam=beam, alpha=decode.alpha, **ids)[0][0]
         produced = hyp.tokens
     else:
         produced = tgt_tok.encode(target) + [tgt_tok.eos_id]

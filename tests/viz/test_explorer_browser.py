@@ -35,11 +35,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tiny_run):
+def _serve(run):
+    """The explorer of ``run`` on a free local port while the test runs: yields (run, url)."""
     import uvicorn
 
-    run = qkv.load(tiny_run)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(run), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -50,6 +49,24 @@ def server(tiny_run):
     yield run, f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(tiny_run):
+    yield from _serve(qkv.load(tiny_run))
+
+
+@pytest.fixture
+def marian_server(tmp_path):
+    """The explorer of a run converted from a (random, local) Marian model."""
+    pytest.importorskip("sentencepiece")
+    pytest.importorskip("transformers")
+    from marian_dirs import make_marian_dir
+
+    from qkv.interop import convert_from_hf
+
+    convert_from_hf(make_marian_dir(tmp_path / "marian", "shared-swish"), tmp_path / "run")
+    yield from _serve(qkv.load(tmp_path / "run"))
 
 
 def test_type_see_switch_and_screenshot(server, tmp_path):
@@ -100,3 +117,27 @@ def test_type_see_switch_and_screenshot(server, tmp_path):
         browser.close()
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 10_000
     assert requests and all(r.startswith(url) for r in requests), "the page requested something outside the server"
+
+
+def test_the_explorer_on_an_imported_marian_run(marian_server):
+    """A run converted from Marian (SentencePiece pieces, halves positions, logits bias) in the page: its
+    translation, and encoder and cross-attention maps of the right sizes."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    run, url = marian_server
+    text = "Ein Hund läuft im Park."
+    maps = run.attention(text)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.goto(url)
+        page.wait_for_function("document.getElementById('run-info').textContent.includes('heads')")
+        page.fill("#text", text)
+        page.click("#run")
+        page.wait_for_selector("#result:not([hidden])")
+        assert page.inner_text("#output") == run.translate(text, beam=1)[0]  # the page decodes greedily
+        page.select_option("#kind", "cross")
+        cross = len(maps.queries["cross"]) * len(maps.keys["cross"])
+        assert page.locator("#heatmap td.cell").count() == cross
+        page.select_option("#kind", "enc")
+        assert page.locator("#heatmap td.cell").count() == len(maps.keys["enc"]) ** 2
+        browser.close()
