@@ -32,7 +32,9 @@ def ct2_decoder(model_dir: Path, run: qkv.api.TranslationRun, threads: int) -> C
     def translate(texts: list[str], beam: int) -> list[str]:
         pieces = [[st.id_to_token(i) for i in st.encode(t)] + [st.id_to_token(st.eos_id)] for t in texts]
         limit = max(len(p) for p in pieces) * 2 + 10  # qkv's default limit, 2·S + 10
-        out = translator.translate_batch(pieces, beam_size=beam, max_batch_size=64, max_decoding_length=limit)
+        out = translator.translate_batch(
+            pieces, beam_size=beam, max_batch_size=64, max_decoding_length=limit, min_decoding_length=0
+        )
         return [tt.decode([tt.token_id(p) for p in r.hypotheses[0]]) for r in out]
 
     return translate

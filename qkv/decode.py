@@ -30,6 +30,7 @@ from qkv.models.translation import EncoderDecoderModel as EncoderDecoder
 
 __all__ = [
     "MAX_BEAM",
+    "PENALTIES",
     "DecodeConfig",
     "EncoderDecoder",
     "Hypothesis",
@@ -56,9 +57,14 @@ class Hypothesis:
     score: float
 
 
-def length_penalty(length: int, alpha: float) -> float:
-    """GNMT length penalty lp(Y) = ((5 + |Y|) / 6)^α (Wu et al., 2016); α = 0 gives 1."""
-    return ((5.0 + length) / 6.0) ** alpha
+PENALTIES = ("gnmt", "transformers")
+
+
+def length_penalty(length: int, alpha: float, kind: str = "gnmt") -> float:
+    """What a hypothesis's log-probability is divided by to rank it: GNMT's lp(Y) = ((5 + |Y|) / 6)^α (Wu
+    et al., 2016; qkv's default), or transformers' |Y|^α (its ``length_penalty``); |Y| counts <eos>, α = 0
+    gives 1 in both."""
+    return ((5.0 + length) / 6.0) ** alpha if kind == "gnmt" else float(length) ** alpha
 
 
 def default_max_len(model: EncoderDecoder, src: Tensor, a: float = 2.0, b: int = 10) -> int:
@@ -69,7 +75,8 @@ def default_max_len(model: EncoderDecoder, src: Tensor, a: float = 2.0, b: int =
 @dataclass
 class DecodeConfig(ConfigBase):
     """How a run translates unless told otherwise (a section of the run's config, set by its preset):
-    beam width (1 = greedy), the GNMT length penalty ``alpha``, and at most ``max_len_a`` · S +
+    beam width (1 = greedy), the length penalty's ``alpha`` and kind (``penalty``: "gnmt", or "transformers"
+    to rank and stop exactly as transformers' ``generate`` does), and at most ``max_len_a`` · S +
     ``max_len_b`` target tokens for a source of S tokens (the paper: beam 4, α 0.6, S + 50)."""
 
     SECTION: ClassVar[str] = "decode"
@@ -78,9 +85,11 @@ class DecodeConfig(ConfigBase):
     alpha: float = 0.6
     max_len_a: float = 2.0
     max_len_b: int = 10
+    penalty: str = "gnmt"
 
     def __post_init__(self) -> None:
         s = "decode"
+        check(self.penalty in PENALTIES, s, "penalty", self.penalty, f"choose {' or '.join(PENALTIES)}")
         check(1 <= self.beam <= MAX_BEAM, s, "beam", self.beam, f"must be from 1 to {MAX_BEAM}")
         check(self.alpha >= 0, s, "alpha", self.alpha, "must be >= 0 (0 = no length penalty)")
         check(self.max_len_a >= 0, s, "max_len_a", self.max_len_a, "must be >= 0")
@@ -153,7 +162,7 @@ class _Beams:
     done: list[bool]
     t: int = 0
 
-    def end(self, ends: Tensor, rows: Tensor, top_scores: Tensor, eos_id: int, alpha: float) -> None:
+    def end(self, ends: Tensor, rows: Tensor, top_scores: Tensor, eos_id: int, lp: Callable[[int], float]) -> None:
         """Record the candidates marked in ``ends`` (B, 2K), continuing ys rows ``rows`` (B, 2K), as ended."""
         for b, done in enumerate(self.done):
             if done:
@@ -161,7 +170,7 @@ class _Beams:
             for j in torch.nonzero(ends[b]).flatten().tolist():
                 prefix = self.ys[rows[b, j], 1 : self.t + 1].tolist()
                 s = float(top_scores[b, j])
-                self.ended[b].append(Hypothesis(prefix + [eos_id], s, s / length_penalty(self.t + 1, alpha)))
+                self.ended[b].append(Hypothesis(prefix + [eos_id], s, s / lp(self.t + 1)))
 
     def check_done(self, bound: Tensor, K: int) -> None:
         """A source is done once it has K ended hypotheses and no live beam can beat the worst of them."""
@@ -170,7 +179,7 @@ class _Beams:
                 worst = sorted(h.score for h in self.ended[b])[-K]
                 self.done[b] = float(bound[b]) <= worst
 
-    def finish(self, K: int, alpha: float) -> list[list[Hypothesis]]:
+    def finish(self, K: int, lp: Callable[[int], float]) -> list[list[Hypothesis]]:
         """Beams still alive at max_len end there; each source's K best hypotheses, best first."""
         for b, done in enumerate(self.done):
             if not done:
@@ -178,7 +187,7 @@ class _Beams:
                     s = float(self.scores[b, k])
                     if s > float("-inf"):
                         toks = self.ys[b * K + k, 1 : self.t + 1].tolist()
-                        self.ended[b].append(Hypothesis(toks, s, s / length_penalty(len(toks), alpha)))
+                        self.ended[b].append(Hypothesis(toks, s, s / lp(len(toks))))
         return [sorted(h, key=lambda x: -x.score)[:K] for h in self.ended]
 
 
@@ -193,13 +202,18 @@ def beam_search(
     eos_id: int = 2,
     max_len: int | None = None,
     use_cache: bool = True,
+    penalty: str = "gnmt",
 ) -> list[list[Hypothesis]]:
     """Beam search over a batch of sources (B, S); returns for each source its ``beam`` best
-    hypotheses, best first by length-normalised score (GNMT penalty with ``alpha``).
+    hypotheses, best first by length-normalised score (``penalty``'s length penalty with ``alpha``).
 
     A source is finished once it holds ``beam`` ended hypotheses and no live beam can still beat
-    the worst of them (log-probabilities only fall, so a live beam's bound is its score / lp(max_len)).
+    the worst of them: with GNMT's penalty the exact bound (log-probabilities only fall, so a live beam
+    reaches at most its score / lp(max_len)); with transformers', its heuristic (score / lp(length so
+    far), its ``early_stopping=False``), so that both rank and stop as transformers does.
     """
+    if penalty not in PENALTIES:
+        raise QkvError(f"length penalty {penalty!r}: choose {' or '.join(PENALTIES)}")
     if not 1 <= beam <= MAX_BEAM:
         raise QkvError(f"beam width must be from 1 to {MAX_BEAM} (got {beam}); 4 to 10 is usual")
     if alpha < 0:
@@ -207,6 +221,10 @@ def beam_search(
     max_len = default_max_len(model, src) if max_len is None else max_len
     _check_max_len(model, max_len)
     B, K, dev = src.size(0), beam, src.device
+
+    def norm(length: int) -> float:
+        return length_penalty(length, alpha, penalty)
+
     memory, src_mask, _ = model.encode(src)
     memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, d_model)
     src_mask = src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
@@ -226,7 +244,7 @@ def beam_search(
         origin, tok = top_idx // V, top_idx % V  # (B, 2K) beam of origin, token
         is_eos = tok == eos_id
         # an <eos> candidate ends a hypothesis only if it ranks among the top K (so beam 1 is greedy)
-        state.end(is_eos & torch.isfinite(top_scores) & first_k, base + origin, top_scores, eos_id, alpha)
+        state.end(is_eos & torch.isfinite(top_scores) & first_k, base + origin, top_scores, eos_id, norm)
         state.scores, pos = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=-1)  # (B, K)
         rows = (base + origin.gather(1, pos)).flatten()  # (B*K,) rows of ys to continue
         state.t += 1
@@ -234,8 +252,9 @@ def beam_search(
         state.ys[:, state.t] = tok.gather(1, pos).flatten()
         if cache is not None:
             cache.reorder(rows)
-        state.check_done(state.scores[:, 0] / length_penalty(max_len, alpha), K)  # best any live beam can reach
-    return state.finish(K, alpha)
+        horizon = max_len if penalty == "gnmt" else state.t
+        state.check_done(state.scores[:, 0] / norm(horizon), K)  # best any live beam can reach
+    return state.finish(K, norm)
 
 
 def sample_next(

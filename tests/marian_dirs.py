@@ -53,6 +53,9 @@ def marian_vocab(pieces: list[str], size: int) -> dict[str, int]:
     return vocab
 
 
+EOS_BIAS = 6.0
+
+
 def make_marian_dir(out: Path, shape: str) -> Path:
     """A MarianMTModel directory (config, weights, source.spm, target.spm, vocab.json) of ``shape``."""
     import transformers
@@ -98,5 +101,6 @@ def make_marian_dir(out: Path, shape: str) -> Path:
     model = transformers.MarianMTModel(cfg).eval()
     with torch.no_grad():
         model.final_logits_bias.normal_(0, 0.5)
+        model.final_logits_bias[0, 0] = EOS_BIAS  # </s> likely enough that outputs end at varied lengths
     model.save_pretrained(out)
     return out

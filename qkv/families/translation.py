@@ -36,10 +36,11 @@ def translate_batch(
     model: Any, src: torch.Tensor, tgt_tok: Any, *, beam: int = 1, alpha: float = 0.6, **kw: Any
 ) -> list:
     """The best hypothesis for each source row of src (B, S): greedy when ``beam`` is 1, else beam search."""
+    penalty = kw.pop("penalty", "gnmt")
     ids = {"bos_id": tgt_tok.bos_id, "eos_id": tgt_tok.eos_id, **kw}
     if beam == 1:
         return greedy(model, src, **ids)
-    return [h[0] for h in beam_search(model, src, beam=beam, alpha=alpha, **ids)]
+    return [h[0] for h in beam_search(model, src, beam=beam, alpha=alpha, penalty=penalty, **ids)]
 
 
 @torch.no_grad()
@@ -70,7 +71,8 @@ def evaluate(
         nll += float(label_smoothed_loss(logits, b.tgt_out, 0.0, tgt_tok.pad_id))
         correct += int(((logits.argmax(-1) == b.tgt_out) & real).sum())
         tokens += int(real.sum())
-        found = translate_batch(model, b.src, tgt_tok, beam=d.beam, alpha=d.alpha, max_len=d.max_len(model, b.src))
+        limit = d.max_len(model, b.src)
+        found = translate_batch(model, b.src, tgt_tok, beam=d.beam, alpha=d.alpha, max_len=limit, penalty=d.penalty)
         hyps.extend(tgt_tok.decode(h.tokens) for h in found)
     refs = [t for _, t in pairs]
     out: dict[str, Any] = {
@@ -196,7 +198,8 @@ class TranslationRun(Run):
             idx = order[i : i + batch_size]
             src = self.encode_source([texts[j] for j in idx])
             limit = d.max_len(self.model, src) if max_len is None else max_len
-            hyps = translate_batch(self.model, src, self.tgt_tokenizer, beam=beam, alpha=alpha, max_len=limit)
+            tok = self.tgt_tokenizer
+            hyps = translate_batch(self.model, src, tok, beam=beam, alpha=alpha, max_len=limit, penalty=d.penalty)
             for j, h in zip(idx, hyps, strict=True):
                 out[j] = self.tgt_tokenizer.decode(h.tokens)
         return out

@@ -62,18 +62,20 @@ def convert_from_hf(directory: str | Path, out: str | Path) -> Path:
 
 
 def _convert_marian(src: Path, out: Path) -> Path:
-    """A translation run of a Marian directory: the Transformer, both SentencePiece tokenizers, and the
-    beam width of its generation_config.json (GNMT length penalty α 0.6; transformers divides by length)."""
+    """A translation run of a Marian directory: the Transformer, both SentencePiece tokenizers, and the way
+    its generation_config.json decodes (beam width, transformers' length penalty), so that the run
+    translates as transformers' ``generate`` does."""
     model = marian_from_hf(src)
     src_tok, tgt_tok = marian_tokenizers(src)
-    beam = 4
+    gen: dict[str, Any] = {}
     if (src / "generation_config.json").exists():
-        beam = int(json.loads((src / "generation_config.json").read_text(encoding="utf-8")).get("num_beams") or 4)
+        gen = json.loads((src / "generation_config.json").read_text(encoding="utf-8"))
+    beam, alpha = int(gen.get("num_beams") or 4), float(gen.get("length_penalty", 1.0))
     cfg = RunConfig(
         model=model.cfg,
         train=TrainConfig(lr=5e-5, schedule="constant", warmup=0, max_tokens=4096),
         task=TaskConfig(name="parallel", max_len=model.cfg.max_len - 2),
-        decode=DecodeConfig(beam=min(beam, 64), alpha=0.6, max_len_a=1.0, max_len_b=50),
+        decode=DecodeConfig(beam=min(beam, 64), alpha=alpha, max_len_a=1.0, max_len_b=50, penalty="transformers"),
     )
     with new_directory(out) as tmp:
         atomic_write_json(tmp / "config.json", {**cfg.to_dict(), "converted_from": str(src.resolve())})

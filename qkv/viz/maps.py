@@ -89,7 +89,7 @@ def attention_maps(run: Any, text: str, *, target: str | None = None, beam: int 
         if beam == 1:
             hyp = greedy(model, src, **ids)[0]
         else:
-            hyp = beam_search(model, src, beam=beam, alpha=decode.alpha, **ids)[0][0]
+            hyp = beam_search(model, src, beam=beam, alpha=decode.alpha, penalty=decode.penalty, **ids)[0][0]
         produced = hyp.tokens
     else:
         produced = tgt_tok.encode(target) + [tgt_tok.eos_id]

@@ -13,7 +13,7 @@ from marian_dirs import SHAPES, make_marian_dir, sentences  # tests/marian_dirs.
 
 import qkv
 from qkv.cli import main
-from qkv.decode import greedy
+from qkv.decode import beam_search, greedy
 from qkv.errors import QkvError
 from qkv.interop import convert_from_hf
 
@@ -211,7 +211,7 @@ def ct2_translate(model_dir, run, texts: list[str], beam: int, max_len: int) -> 
     st, tt = run.src_tokenizer, run.tgt_tokenizer
     pieces = [[st.id_to_token(i) for i in st.encode(t)] + [st.id_to_token(st.eos_id)] for t in texts]
     translator = ctranslate2.Translator(str(model_dir), device="cpu", intra_threads=1)
-    results = translator.translate_batch(pieces, beam_size=beam, max_decoding_length=max_len)
+    results = translator.translate_batch(pieces, beam_size=beam, max_decoding_length=max_len, min_decoding_length=0)
     return [tt.decode([tt.token_id(p) for p in r.hypotheses[0]]) for r in results]
 
 
@@ -227,3 +227,31 @@ def test_ctranslate2_translates_as_qkv_does(which, qkv_run, converted, tmp_path)
     run = qkv.load(path, device="cpu")
     texts = [t for t in sentences(60, 31) if t][:50]
     assert ct2_translate(out, run, texts, beam=1, max_len=20) == run.translate(texts, beam=1, max_len=20)
+
+
+@pytest.mark.parametrize(("beam", "alpha"), [(4, 1.0), (3, 0.6), (5, 0.0)])
+def test_beam_search_with_transformers_penalty_equals_generate(marian_dir, converted, beam, alpha):
+    """penalty="transformers" ranks by log p / |Y|^α and stops by transformers' heuristic: the same best
+    hypotheses as ``generate(num_beams=K, length_penalty=α)`` on 40 sentences (some ending on </s>, some
+    at the length limit). qkv's default, GNMT's ((5 + |Y|) / 6)^α with an exact stopping bound, differs."""
+    model, tok = hf_pair(marian_dir)
+    texts = [t for t in sentences(40, 9) if t][:40]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, num_beams=beam, length_penalty=alpha, do_sample=False, max_new_tokens=30)
+    theirs = [[t for t in row[1:].tolist() if t != model.config.pad_token_id] for row in out]
+    tt = converted.tgt_tokenizer
+    ids = {"bos_id": tt.bos_id, "eos_id": tt.eos_id, "max_len": 30}
+    src = converted.encode_source(texts)
+    ours = beam_search(converted.model, src, beam=beam, alpha=alpha, penalty="transformers", **ids)
+    assert [h[0].tokens for h in ours] == theirs
+    assert 0 < sum(t[-1] == tt.eos_id for t in theirs) < len(theirs)  # both ways of ending are covered
+
+
+def test_a_converted_run_decodes_as_generate_by_default(marian_dir, converted):
+    model, tok = hf_pair(marian_dir)
+    assert (converted.config.decode.penalty, converted.config.decode.alpha) == ("transformers", 1.0)
+    texts = [t for t in sentences(20, 10) if t][:20]
+    with torch.no_grad():
+        out = model.generate(**tok(texts, return_tensors="pt", padding=True), num_beams=4, max_new_tokens=30)
+    assert converted.translate(texts, beam=4, max_len=30) == tok.batch_decode(out, skip_special_tokens=True)
