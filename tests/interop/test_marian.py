@@ -255,3 +255,18 @@ def test_a_converted_run_decodes_as_generate_by_default(marian_dir, converted):
     with torch.no_grad():
         out = model.generate(**tok(texts, return_tensors="pt", padding=True), num_beams=4, max_new_tokens=30)
     assert converted.translate(texts, beam=4, max_len=30) == tok.batch_decode(out, skip_special_tokens=True)
+
+
+def test_a_converted_run_goes_through_ctranslate2s_own_converter(converted, tmp_path):
+    """For a run converted from Marian (Marian's conventions: pad last, decoder started from pad's zero
+    embedding) the documented path works too: qkv export -> ct2-transformers-converter -> Translator."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    if converted.src_tokenizer.vocab != converted.tgt_tokenizer.vocab:
+        pytest.skip(
+            "CTranslate2's transformers converter gives both sides the source vocabulary (qkv's writer does not)"
+        )
+    hf, ct2 = tmp_path / "hf", tmp_path / "ct2"
+    assert main(["export", str(converted.path), "--out", str(hf)]) == 0
+    ctranslate2.converters.TransformersConverter(str(hf)).convert(str(ct2))
+    texts = [t for t in sentences(60, 32) if t][:50]
+    assert ct2_translate(ct2, converted, texts, beam=1, max_len=20) == converted.translate(texts, beam=1, max_len=20)
