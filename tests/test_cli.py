@@ -472,6 +472,7 @@ def test_train_json_reports_a_finished_or_stopped_run(tmp_path, tiny_overrides, 
     [
         (["--tokenizer", "{run}", "--vocab-size", "8000"], "--tokenizer RUN brings its own vocabulary"),
         (["--fields", "src"], "--fields 'src': give two field names"),
+        (["--fields", "de,en"], "fields de,en name JSON Lines fields, but"),  # the files are two aligned ones
         (["--vocab-size", "3"], "--vocab-size 3: must be >= 16"),
         (["--tokenizer", "{lm}"], "is a gpt run; give a translation run"),
     ],

@@ -138,13 +138,24 @@ def _first_line(path: str | Path) -> str:
     raise QkvError(f"{path} is empty; give a file with some sentence pairs in it")
 
 
+DEFAULT_FIELDS = ("src", "tgt")
+
+
 def iter_pairs(
-    src: str | Path, tgt: str | Path | None = None, *, fields: tuple[str, str] = ("src", "tgt")
+    src: str | Path, tgt: str | Path | None = None, *, fields: tuple[str, str] = DEFAULT_FIELDS
 ) -> Iterator[tuple[str, str]]:
     """Sentence pairs, in file order, from two aligned files (``tgt`` given) or one TSV or JSON Lines file
-    (``tgt`` None); plain or gzip. Pairs are as read (not stripped, empty sides kept)."""
+    (``tgt`` None); plain or gzip. Pairs are as read (not stripped, empty sides kept). ``fields`` name the
+    JSON Lines fields; other field names with another layout are an error, not ignored."""
+    jsonl = tgt is None and _first_line(src).lstrip().startswith("{")
+    if fields != DEFAULT_FIELDS and not jsonl:
+        layout = "two aligned files" if tgt is not None else "a TSV file"
+        raise QkvError(
+            f"fields {','.join(fields)} name JSON Lines fields, but {src} is {layout}: drop --fields "
+            "(task.src_field/tgt_field), or give a JSON Lines file"
+        )
     if tgt is None:
-        yield from (_jsonl_pairs(src, fields) if _first_line(src).lstrip().startswith("{") else _tsv_pairs(src))
+        yield from (_jsonl_pairs(src, fields) if jsonl else _tsv_pairs(src))
         return
     counts, text = [0, 0], [False, False]
     for x, y in zip_longest(iter_lines(src), iter_lines(tgt)):

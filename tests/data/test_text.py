@@ -82,6 +82,17 @@ def test_json_lines_with_default_and_nested_fields(tmp_path):
         read_parallel(nested)
 
 
+def test_field_names_with_a_layout_that_has_no_fields_are_refused(tmp_path):
+    """--fields / task.src_field name JSON Lines fields: given with TSV or two files they would do nothing."""
+    tsv = write(tmp_path, "a.tsv", [f"{x}\t{y}" for x, y in zip(SRC, TGT, strict=True)])
+    src, tgt = write(tmp_path, "a.de", SRC), write(tmp_path, "a.en", TGT)
+    with pytest.raises(QkvError, match=r"fields de,en name JSON Lines fields, but .*a\.tsv is a TSV file"):
+        read_parallel(tsv, fields=("de", "en"))
+    with pytest.raises(QkvError, match=r"is two aligned files: drop --fields"):
+        read_parallel(src, tgt, fields=("de", "en"))
+    assert read_parallel(tsv, fields=("src", "tgt")).pairs == read_parallel(src, tgt).pairs  # the default: fine
+
+
 @pytest.mark.parametrize(
     ("lines", "message"),
     [
