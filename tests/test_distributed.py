@@ -24,13 +24,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path):
-    ddp, single = tmp_path / "ddp", tmp_path / "single"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
-    cmd += ["-m", "qkv", "train", "reverse", *TINY, "--out", str(ddp), "--no-progress"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 processes" in res.stderr
+def assert_same_as_one_process(run, single):
+    """``run`` (2 processes) holds the weights one process trains into ``single`` with the same global
+    batch (two micro-batches accumulated), to < 1e-6."""
     res = subprocess.run(
         [sys.executable, "-m", "qkv", "train", "reverse", *TINY, "accum=2", "--out", str(single), "--no-progress"],
         capture_output=True,
@@ -38,11 +34,21 @@ def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path):
         timeout=300,
     )
     assert res.returncode == 0, res.stderr
-    a, b = load_file(ddp / "model.safetensors"), load_file(single / "model.safetensors")
+    a, b = load_file(run / "model.safetensors"), load_file(single / "model.safetensors")
     assert a.keys() == b.keys()
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst < 1e-6, worst
-    assert json.loads((ddp / "summary.json").read_text())["processes"] == 2
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2
+
+
+def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path):
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    cmd += ["-m", "qkv", "train", "reverse", *TINY, "--out", str(ddp), "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 processes" in res.stderr
+    assert_same_as_one_process(ddp, single)
     # resume under torchrun
     cmd2 = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     cmd2 += ["-m", "qkv", "train", "--resume", str(ddp), "steps=8", "--no-progress"]
@@ -64,15 +70,4 @@ def test_two_nodes_meeting_at_a_c10d_rendezvous_match_one_process(tmp_path):
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(err[-2000:] for _, err in outputs)
     assert any("2 processes" in err for _, err in outputs)
-    res = subprocess.run(
-        [sys.executable, "-m", "qkv", "train", "reverse", *TINY, "accum=2", "--out", str(single), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr
-    a, b = load_file(nodes / "model.safetensors"), load_file(single / "model.safetensors")
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-6, worst
-    assert json.loads((nodes / "summary.json").read_text())["processes"] == 2
+    assert_same_as_one_process(nodes, single)

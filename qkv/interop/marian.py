@@ -16,6 +16,7 @@ tokenizer's ``bos_id``). Name map (qkv ← Marian), per layer i of ``model.{enco
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,30 @@ def marian_config_from_hf(config: dict[str, Any]) -> TransformerConfig:
     )
 
 
+def _layers(cfg: TransformerConfig) -> Iterator[tuple[str, bool]]:
+    """Each layer's name prefix (the same in qkv and Marian), and whether it has cross-attention."""
+    for side, n, cross in (("encoder", cfg.N, False), ("decoder", cfg.decoder_layers, True)):
+        for i in range(n):
+            yield f"{side}.layers.{i}.", cross
+
+
+def plain_names(cfg: TransformerConfig) -> Iterator[tuple[str, str]]:
+    """(qkv name, Marian name without "model.") of every layer tensor stored the same way in both."""
+    for pre, cross in _layers(cfg):
+        for q, m in LAYER_NAMES + (CROSS_NAMES if cross else []):
+            for kind in ("weight", "bias"):
+                yield f"{pre}{q}.{kind}", f"{pre}{m}.{kind}"
+
+
+def fused_names(cfg: TransformerConfig) -> Iterator[tuple[str, str]]:
+    """(qkv's fused in_proj name, Marian's name with {} for q, k, v) of every attention projection."""
+    for pre, cross in _layers(cfg):
+        for q, m in ATTENTIONS.items():
+            if cross or q == "self_attn":
+                for kind in ("weight", "bias"):
+                    yield f"{pre}{q}.in_proj.{kind}", f"{pre}{m}.{{}}_proj.{kind}"
+
+
 def _strip(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """MarianMTModel's names without "model." (a MarianModel has none)."""
     return {k.removeprefix("model."): v for k, v in state.items()}
@@ -96,19 +121,10 @@ def marian_state_to_qkv(state: dict[str, Tensor], cfg: TransformerConfig) -> dic
         ours["src_embed.weight"] = s["encoder.embed_tokens.weight"]
         ours["tgt_embed.weight"] = s["decoder.embed_tokens.weight"]
     ours["generator.bias"] = s["final_logits_bias"].reshape(-1) if "final_logits_bias" in s else None  # type: ignore
-    for side, n, cross in (("encoder", cfg.N, False), ("decoder", cfg.decoder_layers, True)):
-        for i in range(n):
-            src, dst = f"{side}.layers.{i}.", f"{side}.layers.{i}."
-            pairs = LAYER_NAMES + (CROSS_NAMES if cross else [])
-            for q, m in pairs:
-                for kind in ("weight", "bias"):
-                    ours[f"{dst}{q}.{kind}"] = s[f"{src}{m}.{kind}"]
-            for q, m in ATTENTIONS.items():
-                if q == "cross_attn" and not cross:
-                    continue
-                for kind in ("weight", "bias"):
-                    parts = (s[f"{src}{m}.{p}_proj.{kind}"] for p in "qkv")
-                    ours[f"{dst}{q}.in_proj.{kind}"] = MultiHeadAttention.merge_in_proj(*parts)
+    for q, m in plain_names(cfg):
+        ours[q] = s[m]
+    for q, m in fused_names(cfg):  # W^Q, W^K, W^V stored apart by Marian, fused in qkv
+        ours[q] = MultiHeadAttention.merge_in_proj(*(s[m.format(p)] for p in "qkv"))
     if ours["generator.bias"] is None:  # a MarianModel without the LM head's bias: zeros
         ours["generator.bias"] = ours["src_embed.weight"].new_zeros(cfg.tgt_vocab_size)
     return {k: v.contiguous() for k, v in ours.items()}
@@ -211,19 +227,11 @@ def marian_to_hf(model: Transformer) -> tuple[dict[str, Any], dict[str, Tensor]]
         order = halves_order(cfg.d_model)
         p = {k: _permuted(k, v, order) for k, v in p.items()}
     s: dict[str, Tensor] = {}
-    for side, n, cross in (("encoder", cfg.N, False), ("decoder", cfg.decoder_layers, True)):
-        for i in range(n):
-            pre = f"{side}.layers.{i}."
-            for q, m in LAYER_NAMES + (CROSS_NAMES if cross else []):
-                for kind in ("weight", "bias"):
-                    s[f"model.{pre}{m}.{kind}"] = p[f"{pre}{q}.{kind}"]
-            for q, m in ATTENTIONS.items():
-                if q == "cross_attn" and not cross:
-                    continue
-                for kind in ("weight", "bias"):
-                    parts = MultiHeadAttention.split_in_proj(p[f"{pre}{q}.in_proj.{kind}"])
-                    for name, part in zip("qkv", parts, strict=True):
-                        s[f"model.{pre}{m}.{name}_proj.{kind}"] = part
+    for q, m in plain_names(cfg):
+        s[f"model.{m}"] = p[q]
+    for q, m in fused_names(cfg):
+        for name, part in zip("qkv", MultiHeadAttention.split_in_proj(p[q]), strict=True):
+            s[f"model.{m.format(name)}"] = part
     shared = cfg.share_embeddings == "all"
     if shared:
         s["model.shared.weight"] = s["model.encoder.embed_tokens.weight"] = p["src_embed.weight"]
