@@ -37,21 +37,28 @@ def gpt2_small(directory: str):
 
 
 def bench_generation(repeats: int) -> None:
-    """Greedy tokens/s at batch 1 and 8."""
+    """Greedy tokens/s at batch 1 and 8: qkv fp32, qkv int8 weights (``set_int8``), transformers fp32."""
+    import copy
+
     from qkv.decode import generate
+    from qkv.linear import set_int8
 
     with tempfile.TemporaryDirectory() as d:
         hf, ours = gpt2_small(d)
+    ours8 = copy.deepcopy(ours)
+    set_int8(ours8)
     n_params = sum(p.numel() for p in ours.parameters())
     print(f"GPT-2 small, {n_params / 1e6:.1f}M parameters, random weights, fp32, {torch.get_num_threads()} threads")
     new = 128
     for batch in (1, 8):
         prompt = torch.randint(0, 50257, (batch, 16))
-        times: dict[str, list[float]] = {"qkv": [], "hf": []}
+        times: dict[str, list[float]] = {"qkv": [], "int8": [], "hf": []}
         for r in range(repeats + 1):  # the first round warms up
             t0 = time.perf_counter()
             mine = generate(ours, prompt.tolist(), max_new_tokens=new, temperature=0.0)
             t1 = time.perf_counter()
+            mine8 = generate(ours8, prompt.tolist(), max_new_tokens=new, temperature=0.0)
+            t2 = time.perf_counter()
             with torch.no_grad():
                 theirs = hf.generate(
                     prompt,
@@ -61,16 +68,18 @@ def bench_generation(repeats: int) -> None:
                     do_sample=False,
                     pad_token_id=0,
                 )
-            t2 = time.perf_counter()
+            t3 = time.perf_counter()
             if r:
                 times["qkv"].append(t1 - t0)
-                times["hf"].append(t2 - t1)
+                times["int8"].append(t2 - t1)
+                times["hf"].append(t3 - t2)
         same = [m for m in mine] == theirs[:, 16:].tolist()
-        q = batch * new / statistics.median(times["qkv"])
-        h = batch * new / statistics.median(times["hf"])
+        agree = sum(a == b for x, y in zip(mine, mine8, strict=True) for a, b in zip(x, y, strict=True))
+        q, q8, h = (batch * new / statistics.median(times[k]) for k in ("qkv", "int8", "hf"))
         print(
             f"greedy generation, batch {batch}, {new} new tokens: qkv {q:,.1f} tok/s, transformers {h:,.1f} tok/s, "
-            f"ratio {q / h:.2f}x (same tokens: {same})"
+            f"ratio {q / h:.2f}x (same tokens: {same}); qkv int8 {q8:,.1f} tok/s = {q8 / h:.2f}x transformers, "
+            f"{q8 / q:.2f}x qkv fp32 (tokens as fp32's: {agree}/{batch * new})"
         )
 
 

@@ -12,9 +12,11 @@ if TYPE_CHECKING:
     from qkv.families.base import Run
 
 
-def load(run: Any, *, device: str = "auto", precision: str = "fp32", compile: bool = False) -> Run:
+def load(
+    run: Any, *, device: str = "auto", precision: str = "fp32", compile: bool = False, quantize: str = "none"
+) -> Run:
     """Load a run directory: the model, its tokenizers and config, with methods mirroring the CLI
-    (see :func:`qkv.api.load` for ``device``, ``precision`` and ``compile``)."""
+    (see :func:`qkv.api.load` for ``device``, ``precision``, ``compile`` and ``quantize``)."""
     from qkv.api import load as _load
 
-    return _load(run, device=device, precision=precision, compile=compile)
+    return _load(run, device=device, precision=precision, compile=compile, quantize=quantize)

@@ -24,11 +24,12 @@ from qkv.checkpoint import (
     new_directory,
 )
 from qkv.data.store import TokenStore, prepare_store
-from qkv.devices import DTYPES, compile_for_inference, resolve_device, resolve_precision
+from qkv.devices import DTYPES, check_quantize, compile_for_inference, resolve_device, resolve_precision
 from qkv.errors import QkvError
 from qkv.families.base import Run
 from qkv.families.lm import BERTRun, GPTRun, LMRun
 from qkv.families.translation import TranslationRun
+from qkv.linear import set_int8
 from qkv.recipes import read_run_config
 
 __all__ = [
@@ -47,23 +48,28 @@ __all__ = [
 Seq2SeqRun = TranslationRun  # the name before the family registry
 
 
-def load(run: str | Path, *, device: str = "auto", precision: str = "fp32", compile: bool = False) -> Run:
+def load(
+    run: str | Path, *, device: str = "auto", precision: str = "fp32", compile: bool = False, quantize: str = "none"
+) -> Run:
     """Load a run directory written by ``qkv train`` or ``qkv convert`` (read-only: nothing is changed)
     onto ``device`` (auto = a GPU when there is one; see :mod:`qkv.devices`), its weights in
     ``precision`` (fp32, bf16, fp16, or auto = bf16 where the hardware has it). Every verb of the run
     makes its input tensors on that device. ``compile`` runs the model's forward passes under
-    ``torch.compile`` (the first calls of each shape compile)."""
+    ``torch.compile`` (the first calls of each shape compile). ``quantize="int8"`` runs every linear map
+    on int8 weights (CPU inference; :func:`qkv.linear.set_int8`)."""
     path = Path(run)
     if not path.is_dir():
         raise QkvError(f"run directory {path} does not exist; train one with `qkv train --out {path}`")
     where = resolve_device(device)
     dtype = DTYPES[resolve_precision(precision, where)]
+    check_quantize(quantize, where, dtype)
     cfg = read_run_config(path)
     family = cfg.spec
     tokenizers = family.run.load_tokenizers(path)
     model = family.model(cfg.model)
     load_weights(model, load_model_tensors(path), str(path / "model.safetensors"))
     model.to(device=where, dtype=dtype).eval()
+    set_int8(model, quantize == "int8")
     if compile:
         compile_for_inference(model)
     return family.run(path, cfg, model, *tokenizers)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from qkv.devices import PRECISIONS
+from qkv.devices import PRECISIONS, QUANTIZE
 from qkv.errors import QkvError, shown
 
 __all__ = ["main"]
@@ -164,13 +164,21 @@ def _model_arguments(p: argparse.ArgumentParser, *, training: bool = False) -> N
         + sets.format("precision"),
     )
     p.add_argument("--compile", action="store_true", help="run the model under torch.compile" + sets.format("compile"))
+    if not training:
+        p.add_argument(
+            "--quantize",
+            choices=QUANTIZE,
+            default="none",
+            metavar="|".join(QUANTIZE),
+            help="int8: every linear map on int8 weights (CPU inference; default none)",
+        )
 
 
 def _load(a: argparse.Namespace) -> Any:
     """The run ``a.run``, on the device and in the precision the command line asks for."""
     from qkv import api
 
-    return api.load(a.run, device=a.device, precision=a.precision, compile=a.compile)
+    return api.load(a.run, device=a.device, precision=a.precision, compile=a.compile, quantize=a.quantize)
 
 
 def _json_argument(p: argparse.ArgumentParser, what: str) -> None:
@@ -688,7 +696,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from qkv.interop import export_to_ct2, export_to_hf
 
     if a.format == "ct2":
-        run = _load(argparse.Namespace(run=a.run, device="cpu", precision="fp32", compile=False))
+        run = _load(argparse.Namespace(run=a.run, device="cpu", precision="fp32", compile=False, quantize="none"))
         _need_translation(run, "export --format ct2")
         print(f"qkv: wrote CTranslate2 model {export_to_ct2(run, a.out)}", file=sys.stderr)
         return 0

@@ -25,7 +25,9 @@ __all__ = [
     "DEVICE_NAMES",
     "DTYPES",
     "PRECISIONS",
+    "QUANTIZE",
     "autocast",
+    "check_quantize",
     "compile_for_inference",
     "check_device_name",
     "cpu_info",
@@ -113,6 +115,19 @@ def resolve_precision(name: str, device: torch.device, *, flag: str = "--precisi
     if device.type == "cpu":
         return "bf16" if _cpu_multiplies_bf16() else "fp32"
     return "fp32"
+
+
+QUANTIZE = ("none", "int8")
+
+
+def check_quantize(quantize: str, device: torch.device, dtype: torch.dtype, *, flag: str = "--quantize") -> None:
+    """int8 weights are a CPU inference path with float32 activations; anything else is one line."""
+    if quantize not in QUANTIZE:
+        raise QkvError(f"{flag} {shown(quantize)}: choose {' or '.join(QUANTIZE)}")
+    if quantize == "int8" and device.type != "cpu":
+        raise QkvError(f"{flag} int8 runs on the CPU (PyTorch's int8 kernels); use --device cpu, or drop {flag}")
+    if quantize == "int8" and dtype != torch.float32:
+        raise QkvError(f"{flag} int8 quantizes float32 activations per call: drop --precision (or use fp32)")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -179,3 +179,22 @@ def test_compiled_training_and_decoding_equal_eager(tmp_path, tiny_run):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     texts = ["a b c", "c c a b", "b"]
     assert qkv.load(tiny_run, compile=True).translate(texts, beam=2) == qkv.load(tiny_run).translate(texts, beam=2)
+
+
+def test_int8_weights_run_on_the_cpu_only(tiny_run, capsys, fake_cuda):
+    """--quantize int8 translates on the CPU (most outputs as fp32's); on a GPU, or with bf16 weights, it is
+    one line."""
+    texts = ["a b c", "c b a b", "b a", "c c b"]
+    int8 = qkv.load(tiny_run, device="cpu", quantize="int8")
+    assert all(m.int8 for m in int8.model.modules() if hasattr(m, "int8"))
+    fp32 = qkv.load(tiny_run, device="cpu").translate(texts)
+    same = sum(x == y for x, y in zip(int8.translate(texts), fp32, strict=True))
+    assert same >= 3
+    with pytest.raises(QkvError, match="--quantize int8 runs on the CPU"):
+        qkv.load(tiny_run, device="cuda", quantize="int8")
+    assert (
+        _status(["translate", str(tiny_run), "a b", "--quantize", "int8", "--precision", "bf16", "--device", "cpu"])
+        == 2
+    )
+    assert "drop --precision" in capsys.readouterr().err
+    assert _status(["translate", str(tiny_run), "a b", "--quantize", "int8", "--device", "cpu"]) == 0

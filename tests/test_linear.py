@@ -129,3 +129,26 @@ def test_moving_the_module_drops_the_packed_copy(fake_cuda) -> None:
         assert lin._packed is None and lin.weight.device.type == "cuda"
         assert torch.allclose(lin(x.to("cuda")).cpu(), F.linear(x, lin.weight.cpu(), lin.bias.cpu()))
         assert lin._packed is None  # the GPU path made none
+
+
+def test_int8_path_is_close_follows_the_weight_and_stays_off_gpus_and_autograd(fake_cuda) -> None:
+    """set_int8: rows quantized per row (error ≤ ~1% of the output's scale), blocks of rows equal those rows
+    of the whole map, a changed weight is quantized again; with autograd or on a GPU, F.linear runs."""
+    from qkv.linear import set_int8
+
+    torch.manual_seed(0)
+    lin = Linear(64, 96).eval()
+    set_int8(lin)
+    x = torch.randn(5, 3, 64)
+    with torch.no_grad():
+        ref = F.linear(x, lin.weight, lin.bias)
+        y = lin(x)
+        assert y.shape == ref.shape and not torch.equal(y, ref)
+        assert (y - ref).abs().max() < 0.02 * ref.abs().max()
+        assert torch.allclose(lin.rows(x, 32, 96), y[..., 32:96], atol=1e-5)  # a block of the rows
+        lin.weight.mul_(2.0)
+        assert (lin(x) - 2 * ref + lin.bias).abs().max() < 0.04 * ref.abs().max()  # quantized again
+    assert torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))  # autograd: the reference path
+    lin.to("cuda")
+    with torch.no_grad():
+        assert torch.equal(lin(x.to("cuda")).cpu(), F.linear(x, lin.weight.cpu(), lin.bias.cpu()))

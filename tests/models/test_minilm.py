@@ -41,3 +41,7 @@ def test_minilm_embeddings_match_sentence_transformers(tmp_path):
     assert ours.shape == (len(SENTENCES), 384)
     assert cosine.min().item() >= 0.99999, cosine
     torch.testing.assert_close(ours.norm(dim=-1), torch.ones(len(SENTENCES)))
+    int8 = qkv.load(tmp_path / "minilm", device="cpu", quantize="int8").embed(SENTENCES, normalize=True)
+    cosine8 = (int8 * theirs).sum(-1)
+    assert cosine8.min().item() >= 0.99 and not torch.equal(int8, ours), cosine8  # int8 weights: close, not equal
+    print(f"int8 MiniLM: cosine to fp32 sentence-transformers min {cosine8.min():.5f} mean {cosine8.mean():.5f}")
