@@ -276,10 +276,18 @@ class KVCache:
         return self.k, self.v
 
     def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (beam search re-ranking or dropping finished rows)."""
-        if self._k is not None:
-            self._k = self._k.index_select(0, index)
-            self._v = self._v.index_select(0, index)  # type: ignore[union-attr]
+        """Keep batch rows ``index`` (beam search re-ranking or dropping finished rows). A growing cache
+        that keeps its number of rows moves only its filled positions, within its buffers (beam search
+        re-ranks every step: copying the whole preallocated capacity each time dominated beam decoding)."""
+        if self._k is None or self._v is None:
+            return
+        if not self.static and index.numel() == self._k.size(0):
+            n = self.length
+            self._k[:, :, :n] = self._k[:, :, :n].index_select(0, index)
+            self._v[:, :, :n] = self._v[:, :, :n].index_select(0, index)
+            return
+        self._k = self._k.index_select(0, index)
+        self._v = self._v.index_select(0, index)
 
 
 class MultiHeadAttention(nn.Module):
