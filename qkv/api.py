@@ -62,7 +62,7 @@ def load(
         raise QkvError(f"run directory {path} does not exist; train one with `qkv train --out {path}`")
     where = resolve_device(device)
     dtype = DTYPES[resolve_precision(precision, where)]
-    check_quantize(quantize, where, dtype)
+    check_quantize(quantize, where, dtype, compile)
     cfg = read_run_config(path)
     family = cfg.spec
     tokenizers = family.run.load_tokenizers(path)

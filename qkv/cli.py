@@ -696,7 +696,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     from qkv.interop import export_to_ct2, export_to_hf
 
     if a.format == "ct2":
-        run = _load(argparse.Namespace(run=a.run, device="cpu", precision="fp32", compile=False, quantize="none"))
+        from qkv import api
+
+        run = api.load(a.run, device="cpu")
         _need_translation(run, "export --format ct2")
         print(f"qkv: wrote CTranslate2 model {export_to_ct2(run, a.out)}", file=sys.stderr)
         return 0

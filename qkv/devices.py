@@ -120,8 +120,12 @@ def resolve_precision(name: str, device: torch.device, *, flag: str = "--precisi
 QUANTIZE = ("none", "int8")
 
 
-def check_quantize(quantize: str, device: torch.device, dtype: torch.dtype, *, flag: str = "--quantize") -> None:
-    """int8 weights are a CPU inference path with float32 activations; anything else is one line."""
+def check_quantize(
+    quantize: str, device: torch.device, dtype: torch.dtype, compile: bool = False, *, flag: str = "--quantize"
+) -> None:
+    """int8 weights are an eager CPU inference path with float32 activations; anything else is one line."""
+    if quantize == "int8" and compile:
+        raise QkvError(f"{flag} int8 runs PyTorch's int8 kernels eagerly; a compiled graph would not: drop --compile")
     if quantize not in QUANTIZE:
         raise QkvError(f"{flag} {shown(quantize)}: choose {' or '.join(QUANTIZE)}")
     if quantize == "int8" and device.type != "cpu":

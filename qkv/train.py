@@ -227,7 +227,11 @@ def resolve_config(cfg: RunConfig | None, out: Path, resume: bool, overrides: li
     """The config a run will train with: ``cfg`` (default: the default recipe) with ``overrides`` and data
     paths made absolute, or when resuming, the run's own config with overrides of its train section."""
     if resume:
-        return read_run_config(out).with_overrides(overrides, sections=("train", "decode"))
+        cfg = read_run_config(out)
+        resumed = cfg.with_overrides(overrides, sections=("train", "decode"))
+        if resumed.train.init != cfg.train.init:
+            raise QkvError("train.init starts a new run; a resumed run continues from its own weights: drop it")
+        return resumed
     cfg = _with_init((cfg or recipe(DEFAULT_RECIPE)).with_overrides(overrides))
     if cfg.spec.translation:
         return dataclasses.replace(cfg, task=resolve_paths(cfg.task))

@@ -499,6 +499,12 @@ def test_prepare_errors_are_one_line_and_write_nothing(tmp_path, tiny_run, capsy
         (["dates", "decode.beam=0"], "invalid decode.beam=0"),
         (["dates", "decode.max_len_a=-1"], "invalid decode.max_len_a=-1.0"),
         (["shakespeare-char", "decode.beam=4"], "decode.beam does nothing for a gpt run"),
+        (["dates", "precision=half"], "invalid train.precision='half': choose fp32, bf16, fp16, auto"),
+        (["dates", "device=gpu"], "invalid train.device='gpu'"),
+        (["dates", "decode.penalty=hf"], "invalid decode.penalty='hf': choose gnmt or transformers"),
+        (["dates", "model.activation=tanh"], "invalid model.activation='tanh'"),
+        (["dates", "model.position_layout=rows"], "invalid model.position_layout='rows'"),
+        (["multi30k", "--init", "/nonexistent/run"], "/nonexistent/run is not a qkv run directory"),
     ],
 )
 def test_log_and_decode_fields_are_checked(capsys, argv, needle):

@@ -198,3 +198,14 @@ def test_int8_weights_run_on_the_cpu_only(tiny_run, capsys, fake_cuda):
     )
     assert "drop --precision" in capsys.readouterr().err
     assert _status(["translate", str(tiny_run), "a b", "--quantize", "int8", "--device", "cpu"]) == 0
+
+
+def test_int8_with_compile_and_init_on_resume_are_refused(tiny_run, tmp_path, capsys):
+    """Two combinations where one value would do nothing: int8 weights under torch.compile (the compiled
+    graph uses its own kernels), and train.init on a resumed run (it continues from its own weights)."""
+    with pytest.raises(QkvError, match="drop --compile"):
+        qkv.load(tiny_run, device="cpu", quantize="int8", compile=True)
+    out = tmp_path / "r"
+    train(recipe("reverse"), out, overrides=[*TINY, "steps=4"], until_step=2, progress=False, log=quiet)
+    assert _status(["train", "--resume", str(out), f"train.init={tiny_run}"]) == 2
+    assert "train.init starts a new run" in capsys.readouterr().err

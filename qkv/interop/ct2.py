@@ -32,7 +32,7 @@ def _ctranslate2() -> Any:
 
 def _spec(model: Any) -> Any:
     """CTranslate2's TransformerSpec holding the weights of a qkv Transformer."""
-    ct2 = _ctranslate2()
+    _ctranslate2()  # a one-line error when the package is missing
     from ctranslate2.specs import common_spec, transformer_spec
 
     cfg = model.cfg
@@ -76,7 +76,6 @@ def _spec(model: Any) -> Any:
     spec.decoder.projection.weight = p["generator.weight"]
     if cfg.logits_bias:
         spec.decoder.projection.bias = p["generator.bias"]
-    del ct2
     return spec
 
 
