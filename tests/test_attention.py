@@ -54,6 +54,27 @@ def test_matches_torch_sdpa_with_and_without_mask():
         assert weights.shape == (2, 3, 5, 7)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_fused_path_leaves_out_cudnn_on_a_gpu_in_half_precision(dtype, fake_cuda, monkeypatch):
+    # cuDNN's kernel rebuilds its plan per shape and has mask bugs (qkv/attention.py): bf16/fp16 on CUDA
+    # run without it; fp32 (which it does not take) and the CPU leave torch's settings alone.
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append((args[0].is_cuda, torch.backends.cuda.cudnn_sdp_enabled()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    q, k, v = (t.to(dtype) for t in qkv_tensors())
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    cpu_out, _ = scaled_dot_product_attention(q, k, v, is_causal=True)
+    gpu_out, _ = scaled_dot_product_attention(q.cuda(), k.cuda(), v.cuda(), is_causal=True)
+    assert seen == [(False, before), (True, before and dtype == torch.float32)]
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before  # restored after the call
+    torch.testing.assert_close(gpu_out.cpu(), cpu_out)
+
+
 def test_scale_none_is_inverse_sqrt_dk_and_scale_one_is_dot_product():
     q, k, v = qkv_tensors(D=16)
     out_default, w_default = scaled_dot_product_attention(q, k, v, need_weights=True)
