@@ -257,15 +257,26 @@ def add_attention_arguments(at: argparse.ArgumentParser) -> None:
     """``qkv attention``'s arguments."""
     _run_argument(at)
     at.add_argument("text", nargs="?", metavar="TEXT", help="the input sentence (default: stdin)")
-    at.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="image or JSON file to write")
+    at.add_argument("-o", "--output", type=Path, metavar="FILE", help="image, JSON or HTML file to write")
     at.add_argument(
         "--kind",
-        metavar="enc|dec|cross|self",
-        help="enc, dec or cross for translation models (default cross); self for GPT/BERT",
+        metavar="enc|dec|cross|self|rollout",
+        help="enc, dec or cross for translation models (default cross; the baselines have cross only); self for "
+        "GPT/BERT; rollout (Abnar & Zuidema) for an encoder, BERT or GPT",
     )
     at.add_argument("--layer", type=int, default=0, metavar="L", help="layer number (default 0)")
     at.add_argument("--head", default="all", metavar="H|mean|all", help="a head number, 'mean', or 'all' (a grid)")
-    at.add_argument("--format", choices=("png", "svg", "json"), metavar="png|svg|json", help="default: the file's")
+    at.add_argument(
+        "--format",
+        choices=("png", "svg", "json", "html"),
+        metavar="png|svg|json|html",
+        help="default: the file's; html = the explorer's page of every map, one self-contained file",
+    )
+    at.add_argument(
+        "--stats",
+        action="store_true",
+        help="print each head's statistics (entropy, distance, previous/same/first/eos weight) as JSON",
+    )
     at.add_argument("--beam", type=int, default=1, metavar="K", help="decode with beam search to draw its translation")
     _model_arguments(at)
 
@@ -316,6 +327,9 @@ def add_serve_arguments(sv: argparse.ArgumentParser) -> None:
     _run_argument(sv)
     sv.add_argument("--host", default="127.0.0.1", metavar="HOST", help="address to bind (default 127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, metavar="PORT", help="port (default 8000)")
+    sv.add_argument(
+        "--text", metavar="TEXT", help="the input the page opens with (default: the run's first held-out sentence)"
+    )
     _model_arguments(sv)
 
 
@@ -613,6 +627,10 @@ def cmd_attention(a: argparse.Namespace) -> int:
     """``qkv attention``: write a heatmap (PNG/SVG) or every map as JSON."""
     from qkv.viz import save_attention
 
+    if a.output is None and not a.stats:
+        raise QkvError("nothing to write: give -o FILE (png, svg, json or html) and/or --stats")
+    if a.output is None and a.format is not None:
+        raise QkvError(f"--format {a.format} needs -o FILE to write")
     run = _load(a)
     text = a.text if a.text is not None else sys.stdin.read().strip()
     if not text:
@@ -620,9 +638,17 @@ def cmd_attention(a: argparse.Namespace) -> int:
     translation = run.config.spec.translation
     maps = run.attention(text, beam=a.beam) if translation else run.attention(text)
     kind = a.kind or ("cross" if translation else "self")
-    path = save_attention(maps, a.output, kind=kind, layer=a.layer, head=a.head, fmt=a.format)
+    maps.check(kind, a.layer)
+    path = None
+    if a.output is not None:
+        path = save_attention(maps, a.output, kind=kind, layer=a.layer, head=a.head, fmt=a.format, run=run)
     print(f"{maps.source} -> {maps.output}", file=sys.stderr)
-    print(f"qkv: wrote {path}", file=sys.stderr)
+    if path is not None:
+        print(f"qkv: wrote {path}", file=sys.stderr)
+    if a.stats:
+        from qkv.viz.stats import head_stats
+
+        print(json.dumps({"source": maps.source, "output": maps.output, "heads": head_stats(maps)}, indent=1))
     return 0
 
 
@@ -711,7 +737,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     """``qkv serve``: run the attention explorer until Ctrl-C."""
     from qkv.viz.server import serve
 
-    serve(_load(a), a.host, a.port)
+    serve(_load(a), a.host, a.port, example=a.text)
     return 0
 
 

@@ -42,6 +42,33 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+LM_TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20).strip()
+LM = ["d_model=32", "h=2", "N=2", "max_len=16", "steps=4", "eval_every=4", "batch_size=4", "warmup=2"]
+
+
+@pytest.fixture(scope="session")
+def family_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny run of every family (translation ones on the reverse task, GPT and BERT on a short text)."""
+    from qkv.families import TRANSLATION_FAMILIES
+    from qkv.train import recipe, train
+
+    root = tmp_path_factory.mktemp("families")
+    text = root / "text.txt"
+    text.write_text(LM_TEXT, encoding="utf-8")
+    tiny = ["d_model=16", "steps=4", "batch_size=8", "warmup=2", "eval_every=4", "task.max_len=6", "dropout=0.0"]
+    tiny += ["valid_size=8", "test_size=8"]
+    out = {}
+    for name in TRANSLATION_FAMILIES:
+        out[name] = root / name
+        train(recipe("reverse").with_family(name), out[name], overrides=tiny, progress=False, log=lambda m: None)
+    for name, preset in (("gpt", "shakespeare-char"), ("bert", "bert-mini")):
+        out[name] = root / name
+        extra = ["d_ff=64", "eval_batches=2"] if name == "bert" else []
+        overrides = [*LM, *extra, f"task.path={text}"]
+        train(recipe(preset), out[name], overrides=overrides, progress=False, log=lambda m: None)
+    return out
+
+
 # ----- a CUDA device simulated on the CPU, to catch tensors made on the wrong device without a GPU -----
 #
 # Tensors "on" the fake GPU are CPU tensors of the class FakeCuda, whose ``device`` says cuda:0. Any torch

@@ -13,34 +13,13 @@ import qkv
 from qkv.devices import DTYPES
 from qkv.families import FAMILIES, TRANSLATION_FAMILIES, family_named, family_of
 from qkv.linear import Linear, set_packing
-from qkv.recipes import RunConfig, recipe
-from qkv.train import train
-
-TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20).strip()
-LM = ["d_model=32", "h=2", "N=2", "max_len=16", "steps=4", "eval_every=4", "batch_size=4", "warmup=2"]
-
-
-def quiet(_msg: str) -> None:
-    pass
+from qkv.recipes import RunConfig
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One tiny run of every family."""
-    root = tmp_path_factory.mktemp("families")
-    text = root / "text.txt"
-    text.write_text(TEXT, encoding="utf-8")
-    tiny = ["d_model=16", "steps=4", "batch_size=8", "warmup=2", "eval_every=4", "task.max_len=6", "dropout=0.0"]
-    tiny += ["valid_size=8", "test_size=8"]
-    out = {}
-    for name in TRANSLATION_FAMILIES:
-        out[name] = root / name
-        train(recipe("reverse").with_family(name), out[name], overrides=tiny, progress=False, log=quiet)
-    for name, preset in (("gpt", "shakespeare-char"), ("bert", "bert-mini")):
-        out[name] = root / name
-        extra = ["d_ff=64", "eval_batches=2"] if name == "bert" else []
-        train(recipe(preset), out[name], overrides=[*LM, *extra, f"task.path={text}"], progress=False, log=quiet)
-    return out
+def runs(family_runs):
+    """One tiny run of every family (tests/conftest.py)."""
+    return family_runs
 
 
 def use(run):

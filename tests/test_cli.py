@@ -357,6 +357,10 @@ def test_json_lines_on_stdout_messages_on_stderr(tiny_run, tmp_path):
     res = qkv("attention", str(tiny_run), "-o", str(tmp_path / "m.json"), stdin="abc\n")  # the text from stdin
     assert res.returncode == 0 and res.stdout == "" and "wrote" in res.stderr
     assert json.loads((tmp_path / "m.json").read_text())["source"] == "abc"
+    res = qkv("attention", str(tiny_run), "abc", "--stats")  # head statistics: JSON on stdout
+    heads = json.loads(res.stdout)["heads"]
+    assert res.returncode == 0 and {r["kind"] for r in heads} == {"enc", "dec", "cross"}
+    assert len(heads) == 3 * 2 * 2 and all(r["distance"] is None for r in heads if r["kind"] == "cross")
 
 
 def _edited_run(tiny_run: Path, tmp_path: Path, section: str, field: str, value) -> Path:
@@ -401,6 +405,9 @@ def test_more_bad_inputs_are_one_line(tiny_run, tmp_path, capsys):
             ["attention", str(tiny_run), "abc", "-o", str(tmp_path / "no" / "dir" / "a.png")],
             "does not exist; create it",
         ),
+        (["attention", str(tiny_run), "abc"], "nothing to write: give -o FILE"),
+        (["attention", str(tiny_run), "abc", "--stats", "--format", "html"], "--format html needs -o FILE"),
+        (["attention", str(tiny_run), "abc", "--stats", "--kind", "self"], "no 'self' attention"),
         (["translate", str(tiny_run), "abc", "--beam", "100000"], "beam width must be from 1 to 64"),
         (["translate", str(tiny_run), "abc", "--batch-size", "0"], "batch size must be >= 1"),
         (["train", "reverse", "save_every=-1", "--print-config"], "invalid train.save_every=-1"),

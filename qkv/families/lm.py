@@ -18,6 +18,7 @@ from torch import nn
 from qkv.config import replace
 from qkv.data import Vocab
 from qkv.data.lm import TextSource
+from qkv.data.text import read_text
 from qkv.decode import generate
 from qkv.errors import QkvError
 from qkv.families.base import Run, TrainingHooks, model_device
@@ -135,6 +136,28 @@ class LMRun(Run):
         from qkv.viz.maps import lm_attention_maps
 
         return lm_attention_maps(self, text)
+
+    def example(self, max_chars: int = 200) -> str | None:
+        """The first line of the run's validation text (``task.valid_path``, else the text after the
+        training part of ``task.path``), cut at a word to ``max_chars`` and to what the model reads; None
+        when there is no text to read."""
+        task = self.config.task
+        try:
+            if task.valid_path is not None:
+                text = read_text(task.valid_path)
+            elif task.path is not None:
+                whole = read_text(task.path)
+                text = whole[int(len(whole) * (1 - task.val_fraction)) :].split("\n", 1)[-1]  # from a line start
+            else:
+                return None
+        except (QkvError, OSError):
+            return None
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), None)
+        limit = self.model.cfg.max_len - (2 if self.config.family == "bert" else 0)  # BERT adds [CLS], [SEP]
+        while line and (len(line) > max_chars or len(self.tokenizer.encode(line)) > limit):
+            shorter = line.rsplit(" ", 1)[0]
+            line = shorter if shorter != line else line[: max(1, min(max_chars, len(line) - 1))]
+        return line or None
 
 
 @dataclass

@@ -21,7 +21,6 @@ from qkv.data import build_source, encode_pairs, encode_source, read_lines
 from qkv.decode import DecodeConfig, beam_search, greedy
 from qkv.errors import QkvError
 from qkv.families.base import Run, TrainingHooks, model_device
-from qkv.models import Transformer
 from qkv.objectives import label_smoothed_loss
 
 if TYPE_CHECKING:
@@ -259,14 +258,22 @@ class TranslationRun(Run):
         return [(s, r, h) for (s, r), h in zip(pairs, hyps, strict=True)]
 
     def attention(self, text: str, *, target: str | None = None, beam: int = 1) -> AttentionMaps:
-        """Every attention map (encoder, decoder, cross) of the model translating ``text``."""
+        """Every attention map the model has (Transformer: encoder, decoder, cross and rollout; the
+        baselines: cross) while translating ``text``."""
         from qkv.viz.maps import attention_maps
 
-        if not isinstance(self.model, Transformer):
-            raise QkvError(
-                f"attention maps are drawn for Transformer runs; {self.path} is a {self.config.family} baseline run"
-            )
         return attention_maps(self, text, target=target, beam=beam)
+
+    def example(self) -> str | None:
+        """The first held-out source sentence of the run's data (validation, else test), or None when the
+        run has none to read (a converted model, data moved away)."""
+        try:
+            source = build_source(self.config.task, (self.src_tokenizer, self.tgt_tokenizer))
+            split = next((s for s in ("valid", "test") if source.has_split(s)), None)
+            pairs = source.split(split)[:1] if split else []
+        except (QkvError, OSError):
+            return None
+        return pairs[0][0] if pairs else None
 
 
 def _chunks(lines: Iterable[str], size: int) -> Iterator[tuple[int, list[str]]]:

@@ -5,11 +5,18 @@ training and decoding keep the fused path. Nothing is stored on modules.
 
 For a translation model the decoder maps are those of the model's **own translation** (greedy or
 beam): the decoder is run once over the tokens it produced, which by causality gives exactly the
-weights of each incremental decoding step (row t = step t; tested against the cached decoder).
+weights of each incremental decoding step (row t = step t; tested against the cached decoder). The
+baselines have cross-attention only (the GRU's additive attention: one map per step; ConvS2S: one per
+decoder layer), and the maps hold the kinds a model has.
+
+Over the stacks that read one sequence (a Transformer encoder, BERT, GPT) the maps also hold their
+**attention rollout** (Abnar & Zuidema, 2020): how much each input token reaches each position through
+every layer so far, with the residual connection counted as half of each layer's attention.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,14 +26,16 @@ from torch import Tensor
 from qkv.decode import beam_search, greedy
 from qkv.errors import QkvError, shown
 
-__all__ = ["KINDS", "AttentionMaps", "attention_maps", "lm_attention_maps"]
+__all__ = ["KINDS", "AttentionMaps", "attention_maps", "lm_attention_maps", "rollout"]
 
 KINDS = {
     "enc": "encoder self-attention",
     "dec": "decoder (masked) self-attention",
     "cross": "decoder-encoder (cross) attention",
     "self": "self-attention",
+    "rollout": "attention rollout (Abnar & Zuidema, 2020)",
 }
+SELF_KINDS = ("enc", "dec", "self")  # queries and keys are positions of one sequence (rollout: not a head's map)
 
 
 @dataclass
@@ -40,6 +49,7 @@ class AttentionMaps:
     source: str
     output: str
     meta: dict[str, Any] = field(default_factory=dict)
+    eos_key: dict[str, int | None] = field(default_factory=dict)  # per kind: the key index of <eos>/[SEP], if any
 
     @property
     def kinds(self) -> list[str]:
@@ -70,6 +80,27 @@ class AttentionMaps:
         }
         return {"source": self.source, "output": self.output, "kinds": kinds, **self.meta}
 
+    def to_page(self) -> dict[str, Any]:
+        """What the explorer page draws, compact enough for 512-token inputs: per kind the labels and every
+        weight as one byte (round(255 w), base64, layers × heads × queries × keys), with each head's
+        statistics (:func:`qkv.viz.stats.head_stats`, exact)."""
+        from qkv.viz.stats import head_stats
+
+        kinds = {}
+        for k, ws in self.maps.items():
+            w = torch.stack([x[0] for x in ws]).float()  # (L, H, T, S)
+            data = (w * 255).round().to(torch.uint8).cpu().numpy().tobytes()
+            kinds[k] = {
+                "name": KINDS[k],
+                "queries": self.queries[k],
+                "keys": self.keys[k],
+                "shape": list(w.shape),
+                "weights_u8": base64.b64encode(data).decode("ascii"),
+                "max": round(float(w.max()), 5),
+                "stepped": k in ("dec", "cross"),
+            }
+        return {"source": self.source, "output": self.output, "kinds": kinds, "stats": head_stats(self), **self.meta}
+
 
 def _labels(tok: Any, ids: list[int]) -> list[str]:
     """Readable labels: the token strings, with whitespace made visible."""
@@ -99,18 +130,45 @@ def attention_maps(run: Any, text: str, *, target: str | None = None, beam: int 
     src_labels = _labels(src_tok, src[0].tolist())
     out_labels = _labels(tgt_tok, produced)
     in_labels = _labels(tgt_tok, tgt_in[0].tolist())
+    found = {  # the baselines return no encoder or decoder self-attention (None)
+        "enc": [w.self_attn for w in enc_w or []],
+        "dec": [w.self_attn for w in dec_w if w.self_attn is not None],
+        "cross": [w.cross for w in dec_w],
+    }
+    maps = {k: v for k, v in found.items() if v}
+    if "enc" in maps:
+        maps["rollout"] = rollout(maps["enc"])
+    labels = {"enc": (src_labels, src_labels), "dec": (out_labels, in_labels), "cross": (out_labels, src_labels)}
+    labels["rollout"] = labels["enc"]
+    eos = _position(src[0], src_tok.eos_id)
     return AttentionMaps(
-        maps={
-            "enc": [w.self_attn for w in enc_w],
-            "dec": [w.self_attn for w in dec_w],
-            "cross": [w.cross for w in dec_w],
-        },
-        queries={"enc": src_labels, "dec": out_labels, "cross": out_labels},
-        keys={"enc": src_labels, "dec": in_labels, "cross": src_labels},
+        maps=maps,
+        queries={k: labels[k][0] for k in maps},
+        keys={k: labels[k][1] for k in maps},
         source=text,
         output=tgt_tok.decode(produced),
         meta={"family": run.config.family, "steps": len(produced)},
+        eos_key={k: (None if k == "dec" else eos) for k in maps},
     )
+
+
+def _position(ids: Tensor, token: int | None) -> int | None:
+    """The last position of ``token`` in ``ids`` (None if absent)."""
+    where = (ids == token).nonzero() if token is not None else ids[:0]
+    return int(where[-1]) if len(where) else None
+
+
+def rollout(layers: list[Tensor]) -> list[Tensor]:
+    """Attention rollout over a stack of self-attention maps, each (B, H, T, T): after layer l,
+    R_l = Â_l R_(l-1), Â = (mean over heads of A + I) / 2, rows renormalized; returns each R_l as (B, 1, T, T)."""
+    out, r = [], None
+    for w in layers:
+        a = w.float().mean(1, keepdim=True)  # (B, 1, T, T)
+        a = 0.5 * a + 0.5 * torch.eye(a.size(-1), device=a.device, dtype=a.dtype)
+        a = a / a.sum(-1, keepdim=True)
+        r = a if r is None else a @ r
+        out.append(r)
+    return out
 
 
 @torch.no_grad()
@@ -120,6 +178,10 @@ def lm_attention_maps(run: Any, text: str) -> AttentionMaps:
     model, tok = run.model, run.tokenizer
     model.eval()
     if run.config.family == "bert":
+        n = len(tok.encode(text)) + 2
+        if n > run.max_tokens:  # embed truncates as sentence-transformers does; a map shows all it was given
+            limit = run.max_tokens
+            raise QkvError(f"{n} tokens ([CLS] and [SEP] included) exceed this model's {limit}: shorten the text")
         ids, mask = run.encode_texts([text])
         _, weights = model.encode(ids, mask, need_weights=True)
         output = ""
@@ -128,11 +190,16 @@ def lm_attention_maps(run: Any, text: str) -> AttentionMaps:
         logits, weights = model.decode(ids, need_weights=True)
         output = tok.decode_all([int(logits[0, -1].argmax())])
     labels = _labels(tok, ids[0].tolist())
+    self_maps = [w.self_attn for w in weights]
+    eos = _position(ids[0], tok.eos_id)  # BERT's [SEP]; a GPT's prompt has none
+    if run.config.family == "bert":  # shown by their role, whatever a character vocabulary calls them
+        labels[0], labels[-1] = "[CLS]", "[SEP]"
     return AttentionMaps(
-        maps={"self": [w.self_attn for w in weights]},
-        queries={"self": labels},
-        keys={"self": labels},
+        maps={"self": self_maps, "rollout": rollout(self_maps)},
+        queries={"self": labels, "rollout": labels},
+        keys={"self": labels, "rollout": labels},
         source=text,
         output=output,
         meta={"family": run.config.family, "steps": len(labels)},
+        eos_key={"self": eos, "rollout": eos},
     )

@@ -1,9 +1,14 @@
-"""Static attention heatmaps (PNG or SVG with matplotlib), or the raw numbers as JSON."""
+"""Static attention heatmaps (PNG or SVG with matplotlib), the raw numbers as JSON, or the explorer's
+views as one self-contained HTML page.
+
+Up to ``MAX_TOKENS`` tokens a side every cell is labelled; longer inputs (up to the model's length, e.g.
+512) are drawn at a fixed size with every n-th token labelled by its position and text."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -13,7 +18,8 @@ from qkv.viz.maps import KINDS, AttentionMaps
 __all__ = ["MAX_TOKENS", "save_attention"]
 
 MAX_TOKENS = 60
-FORMATS = ("png", "svg", "json")
+FORMATS = ("png", "svg", "json", "html")
+LONG_LABELS = 40  # at most this many labels an axis for a long input
 
 
 def _heads(maps: AttentionMaps, kind: str, layer: int, head: str) -> tuple[list[Tensor], list[str]]:
@@ -28,6 +34,15 @@ def _heads(maps: AttentionMaps, kind: str, layer: int, head: str) -> tuple[list[
     return [w[h]], [f"layer {layer}, head {h}"]
 
 
+def _ticks(labels: list[str]) -> tuple[list[int], list[str]]:
+    """Tick positions and labels: every token for short inputs, every n-th as 'position token' for long ones."""
+    if len(labels) <= MAX_TOKENS:
+        return list(range(len(labels))), labels
+    every = -(-len(labels) // LONG_LABELS)
+    at = list(range(0, len(labels), every))
+    return at, [f"{i} {labels[i]}" for i in at]
+
+
 def save_attention(
     maps: AttentionMaps,
     path: str | Path,
@@ -36,12 +51,14 @@ def save_attention(
     layer: int = 0,
     head: str = "all",
     fmt: str | None = None,
+    run: Any = None,
 ) -> Path:
-    """Write a heatmap grid of ``kind`` attention at ``layer`` for one head, the mean, or all heads."""
+    """Write a heatmap grid of ``kind`` attention at ``layer`` for one head, the mean, or all heads; every
+    map as JSON; or (``html``, given the ``run``) the explorer's page of every map, self-contained."""
     path = Path(path)
     fmt = fmt or path.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
-        raise QkvError(f"unknown format {shown(fmt)}: use --format png, svg or json (or a file ending in one)")
+        raise QkvError(f"unknown format {shown(fmt)}: use --format png, svg, json or html (or a file ending in one)")
     if head not in ("all", "mean") and not head.isdigit():
         raise QkvError(f"--head must be a head number, 'mean' or 'all' (got {shown(head)})")
     maps.check(kind, layer)
@@ -51,12 +68,15 @@ def save_attention(
         data = maps.to_dict()
         path.write_text(json.dumps(data), encoding="utf-8")
         return path
+    if fmt == "html":
+        from qkv.viz.server import standalone_page
+
+        if head not in ("all", "mean"):
+            maps.check(kind, layer, int(head))
+        start = {"kind": kind, "layer": layer, "head": "0" if head == "all" else head}  # the page opens there
+        path.write_text(standalone_page(run, maps, start=start), encoding="utf-8")
+        return path
     rows, cols = maps.queries[kind], maps.keys[kind]
-    if max(len(rows), len(cols)) > MAX_TOKENS:
-        raise QkvError(
-            f"{max(len(rows), len(cols))} tokens are too many to read in a heatmap (at most {MAX_TOKENS}); "
-            "use a shorter text or --format json"
-        )
     mats, titles = _heads(maps, kind, layer, head)
     import matplotlib
 
@@ -66,16 +86,17 @@ def save_attention(
     n = len(mats)
     ncols = min(n, 4)
     nrows = (n + ncols - 1) // ncols
-    cell = 0.22
+    cell = 0.22 if max(len(rows), len(cols)) <= MAX_TOKENS else 10.0 / max(len(rows), len(cols))
     w = max(3.0, len(cols) * cell + 1.5)
     h = max(2.5, len(rows) * cell + 1.5)
     fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
     for i, (ax, m, title) in enumerate(zip(axes.flat, mats, titles, strict=False)):
-        im = ax.imshow(m.float().numpy(), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-        ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=8)
-        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        image = m.float().cpu().numpy()
+        im = ax.imshow(image, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+        ax.set_xticks(*_ticks(cols), rotation=90, fontsize=8)
+        ax.set_yticks(*_ticks(rows), fontsize=8)
         ax.set_xlabel("key (attended to)")
         if i % ncols == 0:
             ax.set_ylabel("query (attending)")

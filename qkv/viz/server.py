@@ -20,12 +20,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qkv.errors import QkvError
-from qkv.models import Transformer
 
-__all__ = ["create_app", "serve"]
+__all__ = ["create_app", "page_info", "serve", "standalone_page"]
 
-MAX_BODY = 16 * 1024  # bytes
-MAX_CHARS = 500  # characters of input text
+MAX_BODY = 64 * 1024  # bytes
+MAX_CHARS = 5000  # characters of input text (a 512-token input; the model's own length limit applies too)
 STATIC = {  # the only files ever served: name -> media type
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
@@ -102,8 +101,29 @@ class GuardMiddleware:
         await self.app(scope, replay, send)
 
 
-def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, max_chars: int = MAX_CHARS) -> ASGIApp:
-    """The explorer's ASGI app for a loaded run."""
+def page_info(run: Any, *, max_chars: int = MAX_CHARS, example: str | None = None) -> dict[str, Any]:
+    """What the page shows about the run before any input: family, name, task, the input limit and the
+    example it opens with (``example``, else the run's first held-out sentence, else none)."""
+    example = example if example is not None else run.example()
+    return {
+        "family": run.config.family,
+        "translation": run.config.spec.translation,
+        "run": run.path.name,
+        "task": run.config.task.name,
+        "max_chars": max_chars,
+        "example": example[:max_chars] if example else None,
+    }
+
+
+def create_app(
+    run: Any,
+    *,
+    host: str = "127.0.0.1",
+    max_body: int = MAX_BODY,
+    max_chars: int = MAX_CHARS,
+    example: str | None = None,
+) -> ASGIApp:
+    """The explorer's ASGI app for a loaded run (``example``: the text the page opens with)."""
     static = resources.files("qkv.viz") / "static"
 
     def page(name: str):
@@ -113,23 +133,10 @@ def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, m
         return handler
 
     translation = run.config.spec.translation
+    about = page_info(run, max_chars=max_chars, example=example)
 
     async def info(request: Request) -> JSONResponse:
-        cfg = run.config.model
-        layers = (
-            {"enc": cfg.N, "dec": cfg.decoder_layers, "cross": cfg.decoder_layers} if translation else {"self": cfg.N}
-        )
-        return JSONResponse(
-            {
-                "family": run.config.family,
-                "translation": translation,
-                "run": run.path.name,
-                "task": run.config.task.name,
-                "layers": layers,
-                "heads": cfg.h,
-                "max_chars": max_chars,
-            }
-        )
+        return JSONResponse(about)
 
     async def attention(request: Request) -> JSONResponse:
         try:
@@ -150,7 +157,7 @@ def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, m
             maps = run.attention(text, beam=beam) if translation else run.attention(text)
         except QkvError as e:
             return _error(422, str(e))
-        return JSONResponse(maps.to_dict())
+        return JSONResponse(maps.to_page())
 
     routes = [
         Route("/", page("index.html")),
@@ -163,15 +170,29 @@ def create_app(run: Any, *, host: str = "127.0.0.1", max_body: int = MAX_BODY, m
     return GuardMiddleware(app, allowed_hosts(host), max_body)
 
 
-def serve(run: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the explorer for a loaded run until Ctrl-C."""
+def standalone_page(run: Any, maps: Any, *, start: dict[str, Any] | None = None) -> str:
+    """One self-contained HTML page of ``maps`` (style, script and data inline; it fetches nothing): the
+    explorer's views of one input, to keep or send; ``start`` = {kind, layer, head} it opens at."""
+    static = resources.files("qkv.viz") / "static"
+    html = (static / "index.html").read_text(encoding="utf-8")
+    data = {"info": page_info(run, example=maps.source), "data": maps.to_page(), "start": start or {}}
+    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")  # no "</script>" or "<!--" inside
+    css = (static / "style.css").read_text(encoding="utf-8")
+    js = (static / "app.js").read_text(encoding="utf-8")  # holds no "</script" (tested)
+    html = html.replace('<link rel="stylesheet" href="/static/style.css">', f"<style>\n{css}</style>")
+    return html.replace(
+        '<script src="/static/app.js"></script>',
+        f"<script>window.QKV_PAGE = {payload};</script>\n<script>\n{js}</script>",
+    )
+
+
+def serve(run: Any, host: str = "127.0.0.1", port: int = 8000, *, example: str | None = None) -> None:
+    """Serve the explorer for a loaded run until Ctrl-C (``example``: the text the page opens with)."""
     import uvicorn
 
-    if run.config.spec.translation and not isinstance(run.model, Transformer):
-        raise QkvError(f"the explorer shows Transformer attention; {run.path} is a {run.config.family} baseline run")
     if not 0 < port < 65536:
         raise QkvError(f"--port {port} is not a port number: choose one from 1 to 65535")
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"qkv: warning: serving on {host} makes the explorer reachable from other machines")
     print(f"qkv: attention explorer for {run.path} at http://{host}:{port}/  (Ctrl-C to stop)")
-    uvicorn.run(create_app(run, host=host), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(run, host=host, example=example), host=host, port=port, log_level="warning")

@@ -20,7 +20,7 @@ def run(tiny_run):
 def test_every_map_with_tokens_on_both_axes(run):
     maps = run.attention("abcd")
     cfg = run.config.model
-    assert maps.kinds == ["enc", "dec", "cross"]
+    assert maps.kinds == ["enc", "dec", "cross", "rollout"]
     assert maps.output == run.translate("abcd")[0]
     S, T = 5, maps.meta["steps"]  # 4 letters + <eos>; T produced tokens
     assert maps.queries["enc"] == ["a", "b", "c", "d", "<eos>"] == maps.keys["cross"]
@@ -71,6 +71,48 @@ def test_clear_errors(run, tmp_path):
         save_attention(maps, tmp_path / "a.png", kind="enc", head="7")
     with pytest.raises(QkvError, match="unknown format"):
         save_attention(maps, tmp_path / "a.gif", kind="enc")
-    long = run.attention("a" * 61)
-    with pytest.raises(QkvError, match="too many to read"):
-        save_attention(long, tmp_path / "a.png", kind="enc")
+    with pytest.raises(QkvError, match="use --format png, svg, json or html"):
+        save_attention(maps, tmp_path / "a.gif", kind="enc")
+
+
+def test_long_inputs_are_drawn_with_every_nth_token_labelled(run, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from qkv.viz import plot
+
+    long = run.attention("abc" * 21)  # 63 letters + <eos>: over the 60 labelled a side
+    shown = []
+    real = plt.Axes.set_xticks
+
+    def spy(self, ticks, labels=None, **kwargs):
+        shown.append((list(ticks), list(labels)))
+        return real(self, ticks, labels, **kwargs)
+
+    plt.Axes.set_xticks = spy
+    try:
+        png = save_attention(long, tmp_path / "long.png", kind="enc", head="mean")
+    finally:
+        plt.Axes.set_xticks = real
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    ticks, labels = shown[0]
+    assert len(ticks) <= plot.LONG_LABELS and ticks[:2] == [0, 2] and labels[1] == "2 c"
+
+
+def test_the_baselines_have_cross_attention_only(family_runs):
+    for family in ("rnn", "cnn"):
+        run = qkv.load(family_runs[family])
+        maps = run.attention("abc")
+        assert maps.kinds == ["cross"] and maps.keys["cross"] == ["a", "b", "c", "<eos>"]
+        for w in maps.maps["cross"]:
+            assert w.shape[:2] == (1, 1) and w.shape[-1] == 4
+            torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+
+
+def test_language_models_show_their_special_tokens_and_rollout(family_runs):
+    bert = qkv.load(family_runs["bert"]).attention("To be")
+    assert bert.queries["self"][0] == "[CLS]" and bert.keys["self"][-1] == "[SEP]"
+    assert bert.eos_key["self"] == len(bert.keys["self"]) - 1 and bert.kinds == ["self", "rollout"]
+    with pytest.raises(QkvError, match=r"20 tokens \(\[CLS\] and \[SEP\] included\) exceed this model's 16"):
+        qkv.load(family_runs["bert"]).attention("To be or not to be")
+    gpt = qkv.load(family_runs["gpt"]).attention("To be")
+    assert gpt.eos_key["self"] is None and torch.all(gpt.maps["rollout"][-1][0, 0].triu(1) == 0)  # causal stays causal

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import builtins
 import json
 import pathlib
 
 import pytest
+import torch
 from starlette.testclient import TestClient
 
 import qkv
 from qkv.viz.server import allowed_hosts, create_app
+from qkv.viz.stats import head_stats
 
 
 @pytest.fixture
@@ -19,17 +22,33 @@ def client(tiny_run):
     return TestClient(app, base_url="http://127.0.0.1:8000")
 
 
-def test_page_and_api(client):
+def test_page_and_api(client, tiny_run):
     page = client.get("/")
     assert page.status_code == 200 and "attention explorer" in page.text
     assert client.get("/static/app.js").status_code == 200
     info = client.get("/api/info").json()
-    assert info["heads"] == 2 and info["layers"]["enc"] == 2
+    run = qkv.load(tiny_run)
+    assert info["family"] == "transformer" and info["example"] == run.example()  # the page opens with it
+    assert isinstance(info["example"], str) and info["example"].strip()
     res = client.post("/api/attention", json={"text": "abc"})
     assert res.status_code == 200
     data = res.json()
     assert data["kinds"]["enc"]["queries"] == ["a", "b", "c", "<eos>"]
-    assert len(data["kinds"]["cross"]["weights"][0][0]) == data["steps"]
+    maps = run.attention("abc")
+    for kind, k in data["kinds"].items():  # every weight, one byte each: within half a step of 1/255
+        w = torch.stack([x[0] for x in maps.maps[kind]])
+        assert k["shape"] == list(w.shape) and k["shape"][2] == len(k["queries"])
+        got = torch.frombuffer(bytearray(base64.b64decode(k["weights_u8"])), dtype=torch.uint8).view(w.shape)
+        assert (got.float() / 255 - w).abs().max() <= 0.5 / 255 + 1e-6
+    assert data["stats"] == json.loads(json.dumps(head_stats(maps)))
+
+
+def test_the_baselines_and_language_models_are_served(family_runs):
+    for family in ("rnn", "cnn", "gpt", "bert"):
+        app = create_app(qkv.load(family_runs[family]), host="127.0.0.1")
+        client = TestClient(app, base_url="http://127.0.0.1:8000")
+        data = client.post("/api/attention", json={"text": "To be" if family in ("gpt", "bert") else "abc"}).json()
+        assert list(data["kinds"]) == (["cross"] if family in ("rnn", "cnn") else ["self", "rollout"])
 
 
 def test_rejects_foreign_host_headers(client):
@@ -93,3 +112,15 @@ def test_absurdly_deep_json_is_a_400(client):
     body = '{"text": ' + "[" * 5000 + "]" * 5000 + "}"
     res = client.post("/api/attention", content=body, headers={"content-type": "application/json"})
     assert res.status_code in (400, 413) and "error" in res.json()
+
+
+def test_the_page_opens_with_the_given_text(tiny_run, monkeypatch):
+    from qkv.cli import main
+    from qkv.viz import server
+
+    app = create_app(qkv.load(tiny_run), example="cab")
+    assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/info").json()["example"] == "cab"
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda run, host, port, *, example: seen.update(example=example, port=port))
+    assert main(["serve", str(tiny_run), "--text", "abc", "--port", "8123"]) == 0
+    assert seen == {"example": "abc", "port": 8123}
