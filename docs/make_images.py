@@ -73,10 +73,13 @@ def screenshot(run, text: str, out: Path) -> None:
 
 
 def minilm_views(run, text: str) -> None:
-    """MiniLM's model view (6 layers × 12 heads) and its head table sorted by weight on the previous token."""
-    with explorer(run, text, {"width": 1400, "height": 1000}) as page:
+    """MiniLM's model view (6 layers × 12 heads) and the top of its head table, sorted by weight on the
+    previous token."""
+    with explorer(run, text, {"width": 1700, "height": 1000}) as page:
         page.locator("#model-view").screenshot(path=str(DOCS / "model_view.png"))
         page.click("#head-table th[data-key='previous']")
+        page.mouse.move(0, 0)  # no row highlighted
+        page.evaluate("document.querySelectorAll('#head-table tbody tr').forEach((r, i) => r.hidden = i >= 12)")
         page.locator("#head-table").screenshot(path=str(DOCS / "head_table.png"))
 
 

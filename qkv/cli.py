@@ -275,7 +275,7 @@ def add_attention_arguments(at: argparse.ArgumentParser) -> None:
     at.add_argument(
         "--stats",
         action="store_true",
-        help="print each head's statistics (entropy, distance, previous/same/first/eos weight) as JSON",
+        help="print each head's statistics (entropy, distance, previous/same/next/first/eos weight) as JSON",
     )
     at.add_argument("--beam", type=int, default=1, metavar="K", help="decode with beam search to draw its translation")
     _model_arguments(at)

@@ -4,11 +4,12 @@ For every head of every kind of attention, averaged over its query rows (row t o
 
 * ``entropy``: −Σ_s w[t, s] ln w[t, s], in nats (0 = all weight on one key; ln S = spread evenly);
 * ``distance``: Σ_s w[t, s] |t − s|, the mean number of positions between a token and what it reads;
-* ``previous``, ``same``: the weight on key t − 1 (rows t ≥ 1) and on key t;
+* ``previous``, ``same``, ``next``: the weight on key t − 1 (rows t ≥ 1), on key t, and on key t + 1 (rows
+  t < S − 1; a causal map has none there);
 * ``first``: the weight on key 0 (<bos>, [CLS], or the first word);
 * ``eos``: the weight on the end-of-sentence key (<eos>, [SEP]), where the keys have one.
 
-Distance, previous and same compare positions of one sequence, so they are given for self-attention
+Distance, previous, same and next compare positions of one sequence, so they are given for self-attention
 (``enc``, ``dec``, ``self``) and are None for cross-attention. Rollout maps are not heads: no statistics.
 """
 
@@ -23,7 +24,7 @@ from qkv.viz.maps import SELF_KINDS, AttentionMaps
 
 __all__ = ["STATS", "head_stats", "map_stats"]
 
-STATS = ("entropy", "distance", "previous", "same", "first", "eos")
+STATS = ("entropy", "distance", "previous", "same", "next", "first", "eos")
 
 
 def map_stats(w: Tensor, *, self_attention: bool, eos: int | None) -> dict[str, float | None]:
@@ -38,8 +39,9 @@ def map_stats(w: Tensor, *, self_attention: bool, eos: int | None) -> dict[str, 
         out["distance"] = float((w * (t - s).abs()).sum(-1).mean())
         out["previous"] = float(w.diagonal(-1).mean()) if T > 1 else None
         out["same"] = float(w.diagonal().mean())
+        out["next"] = float(w.diagonal(1).mean()) if S > 1 else None
     else:
-        out |= {"distance": None, "previous": None, "same": None}
+        out |= {"distance": None, "previous": None, "same": None, "next": None}
     out["first"] = float(w[:, 0].mean())
     out["eos"] = float(w[:, eos].mean()) if eos is not None else None
     return out

@@ -22,8 +22,9 @@ def by_hand(w: list[list[float]], *, self_attention: bool, eos: int | None) -> d
         out["distance"] = sum(sum(x * abs(t - s) for s, x in enumerate(row)) for t, row in enumerate(w)) / T
         out["previous"] = sum(w[t][t - 1] for t in range(1, T)) / (T - 1)
         out["same"] = sum(w[t][t] for t in range(T)) / T
+        out["next"] = sum(w[t][t + 1] for t in range(T - 1)) / (T - 1)
     else:
-        out |= {"distance": None, "previous": None, "same": None}
+        out |= {"distance": None, "previous": None, "same": None, "next": None}
     return out
 
 
@@ -49,7 +50,7 @@ def test_extreme_heads_read_as_expected():
     prev = map_stats(one_hot_prev, self_attention=True, eos=None)
     uniform = map_stats(torch.full((4, 4), 0.25), self_attention=True, eos=3)
     assert same["entropy"] == 0 and same["same"] == 1 and same["distance"] == 0 and same["eos"] == 0.25
-    assert prev["previous"] == 1 and prev["distance"] == 0.75 and prev["eos"] is None
+    assert prev["previous"] == 1 and prev["distance"] == 0.75 and prev["eos"] is None and prev["next"] == 0
     assert uniform["entropy"] == pytest.approx(math.log(4)) and uniform["first"] == 0.25
 
 

@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const state = { info: null, data: null, kinds: {}, sort: { key: "layer", up: true } };
 const STATS = [["entropy", "entropy (nats)"], ["distance", "mean distance"], ["previous", "previous token"],
-  ["same", "same token"], ["first", "first token"], ["eos", "end of sentence"]];
+  ["same", "same token"], ["next", "next token"], ["first", "first token"], ["eos", "end of sentence"]];
 const LABELLED = 60; // up to this many tokens a side: every label, and the lines view
 const CELL = 22; // pixels per cell for short inputs
 const THUMB = 84; // pixels of a model-view thumbnail
@@ -319,7 +319,7 @@ function drawModelView() {
   const grid = $("model-view");
   grid.innerHTML = "";
   const heads = k.H > 1 ? [...Array(k.H).keys(), "mean"] : [0];
-  grid.style.gridTemplateColumns = `auto repeat(${heads.length}, ${THUMB}px)`;
+  grid.style.gridTemplateColumns = `64px repeat(${heads.length}, ${THUMB}px)`;
   grid.appendChild(document.createElement("span"));
   for (const h of heads) {
     const th = document.createElement("span");
