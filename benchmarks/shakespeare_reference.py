@@ -8,10 +8,12 @@ matrices and embeddings, clip 1.0), linear warmup 100, cosine decay to 1e-4, ini
 N(0, init_std²) with the residual projections scaled by 1/√(2N).
 
 It prints the loss over every non-overlapping window of the validation split (what ``qkv evaluate``
-reports for a language-model run) and the wall time:
+reports for a language-model run), the minutes of training and tokens/s; with ``--qkv [KEY=VALUE …]`` it
+then trains ``qkv train shakespeare-char`` in the same process and prints the same figures and the ratio
+of tokens/s (side by side, one machine):
 
     python benchmarks/shakespeare_reference.py --text ../shared/data/tinyshakespeare/input.txt \
-        [--seed 0] [--init-std 0.02]
+        [--seed 0] [--init-std 0.02] [--qkv [compile=true]]
 """
 
 from __future__ import annotations
@@ -77,21 +79,15 @@ def lr_at(it: int) -> float:
     return 1e-4 + 0.5 * (1 + math.cos(math.pi * (it - 100) / (STEPS - 100))) * (1e-3 - 1e-4)
 
 
-def main() -> None:
-    """Train once and print the whole-split validation loss."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--text", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-std", type=float, default=0.02, help="0.02 is GPT-2's; qkv's default for width 128 is 0.056")
-    a = p.parse_args()
-    text = open(a.text, encoding="utf-8").read()
+def reference(text: str, seed: int, init_std: float) -> dict[str, float]:
+    """Train the reference once: minutes of training, tokens/s, and the whole-split validation loss."""
     chars = sorted(set(text))
     index = {c: i for i, c in enumerate(chars)}
     data = torch.tensor([index[c] for c in text])
     n = int(0.9 * len(data))
     train, valid = data[:n], data[n:]
-    torch.manual_seed(a.seed)
-    model = TinyGPT(len(chars), a.init_std)
+    torch.manual_seed(seed)
+    model = TinyGPT(len(chars), init_std)
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -109,7 +105,7 @@ def main() -> None:
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    minutes = (time.perf_counter() - t0) / 60
+    seconds = time.perf_counter() - t0
     model.eval()
     windows = (len(valid) - 1) // CONTEXT
     x = valid[: windows * CONTEXT].view(windows, CONTEXT)
@@ -119,10 +115,57 @@ def main() -> None:
             F.cross_entropy(model(x[i : i + 256]).flatten(0, 1), y[i : i + 256].flatten(), reduction="sum").item()
             for i in range(0, windows, 256)
         )
-    print(
-        f"seed {a.seed}, init_std {a.init_std}: validation loss {total / y.numel():.4f} over {y.numel():,} tokens, "
-        f"{minutes:.2f} min of training, {STEPS * BATCH * CONTEXT / (minutes * 60):,.0f} tokens/s"
+    return {
+        "train_minutes": round(seconds / 60, 3),
+        "tokens_per_second": round(STEPS * BATCH * CONTEXT / seconds, 1),
+        "valid_loss": round(total / y.numel(), 4),
+    }
+
+
+def qkv_run(text_path: str, seed: int, overrides: list[str]) -> dict[str, float]:
+    """Train ``qkv train shakespeare-char`` once (in this process), the same way: its own minutes of
+    training (evaluations excluded), tokens/s, and ``qkv evaluate``'s whole-split validation loss."""
+    import tempfile
+    from pathlib import Path
+
+    import qkv
+    from qkv.recipes import recipe
+    from qkv.train import train
+
+    out = Path(tempfile.mkdtemp(prefix="qkv-shakespeare-")) / "run"
+    cfg = recipe("shakespeare-char")
+    summary = train(cfg, out, overrides=[f"task.path={text_path}", f"seed={seed}", *overrides], progress=False)
+    loss = qkv.load(out).evaluate()["loss"]
+    return {
+        "train_minutes": summary["train_minutes"],
+        "tokens_per_second": summary["tokens_per_second"],
+        "valid_loss": round(loss, 4),
+    }
+
+
+def main() -> None:
+    """Train the reference (and, with --qkv, qkv's recipe in the same process) and print what each reached."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--text", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-std", type=float, default=0.02, help="0.02 is GPT-2's; qkv's default for width 128 is 0.056")
+    p.add_argument(
+        "--qkv",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="also train `qkv train shakespeare-char` (with these overrides, e.g. compile=true) and compare",
     )
+    a = p.parse_args()
+    text = open(a.text, encoding="utf-8").read()
+    from qkv.env import summary_line
+
+    print(summary_line())
+    ref = reference(text, a.seed, a.init_std)
+    print(f"reference (seed {a.seed}, init_std {a.init_std}): {ref}", flush=True)
+    if a.qkv is not None:
+        mine = qkv_run(a.text, a.seed, a.qkv)
+        print(f"qkv shakespeare-char {' '.join(a.qkv)}: {mine}")
+        print(f"qkv / reference tokens/s: {mine['tokens_per_second'] / ref['tokens_per_second']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_bert_pretrains_and_embeds(tmp_path, text_file):
     torch.testing.assert_close(vecs.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(run.embed(["or not"], normalize=True)[0], vecs[1], atol=1e-5, rtol=1e-5)
     maps = run.attention("To be")
-    assert maps.kinds == ["self"] and maps.queries["self"][0] == "<bos>"
+    assert maps.kinds == ["self", "rollout"] and maps.queries["self"][0] == "[CLS]"
 
 
 def cli(*args, stdin=None):
