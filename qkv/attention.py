@@ -292,11 +292,14 @@ class KVCache:
         self.length = new_len
         return self.k, self.v
 
-    def reorder(self, index: Tensor) -> None:
+    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
         """Keep batch rows ``index`` (beam search re-ranking or dropping finished rows). A growing cache
         that keeps its number of rows moves only its filled positions, within its buffers (beam search
-        re-ranks every step: copying the whole preallocated capacity each time dominated beam decoding)."""
-        if self._k is None or self._v is None:
+        re-ranks every step: copying the whole preallocated capacity each time dominated beam decoding).
+        ``same_memory``: the caller guarantees each row takes a row computed from the same memory (beam
+        search re-ranks the beams of one source, whose memory rows are copies), so a static
+        (cross-attention) cache, which holds only the memory's K/V, stays as it is."""
+        if self._k is None or self._v is None or (self.static and same_memory):
             return
         if not self.static and index.numel() == self._k.size(0):
             n = self.length

@@ -251,7 +251,7 @@ def beam_search(
         state.ys = state.ys[rows]
         state.ys[:, state.t] = tok.gather(1, pos).flatten()
         if cache is not None:
-            cache.reorder(rows)
+            cache.reorder(rows, same_memory=True)  # rows stay within their source's beams
         horizon = max_len if penalty == "gnmt" else state.t
         state.check_done(state.scores[:, 0] / norm(horizon), K)  # best any live beam can reach
     return state.finish(K, norm)

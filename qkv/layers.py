@@ -142,10 +142,10 @@ class LayerCache:
         """A fresh cache for one layer, its self-attention preallocated to ``capacity`` positions."""
         return cls(KVCache(capacity), KVCache(static=True))
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` in both caches."""
+    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
+        """Keep batch rows ``index`` in both caches (``same_memory``: see :meth:`KVCache.reorder`)."""
         self.self_attn.reorder(index)
-        self.cross_attn.reorder(index)
+        self.cross_attn.reorder(index, same_memory=same_memory)
 
 
 class DecoderCache:
@@ -166,10 +166,11 @@ class DecoderCache:
         """Number of target positions decoded so far."""
         return self.layers[0].self_attn.length
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (B',) of every layer's caches."""
+    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
+        """Keep batch rows ``index`` (B',) of every layer's caches (``same_memory``: see
+        :meth:`KVCache.reorder`)."""
         for layer in self.layers:
-            layer.reorder(index)
+            layer.reorder(index, same_memory=same_memory)
 
 
 @dataclass

@@ -333,3 +333,15 @@ def test_kv_cache_is_allocated_once_at_its_capacity():
         mha(x[:, t : t + 1], is_causal=True, cache=cache)
         pointers.add(cache._k.data_ptr())
     assert len(pointers) == 1 and cache._k.size(-2) == 9 and cache.length == 9
+
+
+def test_a_static_cache_stays_put_when_every_row_keeps_its_memory():
+    # beam search re-ranks the beams of one source, whose cross-attention K/V rows are copies: no move
+    cache = KVCache(static=True)
+    k = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 2, 3, 5).contiguous()
+    cache.store(k, k + 10)
+    kept = cache.k.clone()
+    cache.reorder(torch.tensor([1, 1, 0, 3]), same_memory=True)
+    assert cache.k.data_ptr() == k.data_ptr() and torch.equal(cache.k, kept)
+    cache.reorder(torch.tensor([1, 1, 0, 3]))  # anything else moves the rows
+    assert cache.k[:, 0, 0, 0].tolist() == [1.0, 1.0, 0.0, 3.0] and cache.v[0, 0, 0, 0] == 11.0

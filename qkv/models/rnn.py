@@ -62,10 +62,12 @@ class RNNCache:
         self.state: Tensor | None = None  # (B, Hd)
         self.keys: Tensor | None = None  # (B, S, Hd)
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index``."""
+    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
+        """Keep batch rows ``index`` (the memory's projected keys stay as they are with ``same_memory``)."""
         if self.state is not None and self.keys is not None:
-            self.state, self.keys = self.state.index_select(0, index), self.keys.index_select(0, index)
+            self.state = self.state.index_select(0, index)
+            if not same_memory:
+                self.keys = self.keys.index_select(0, index)
 
 
 class RNNSeq2Seq(EncoderDecoderModel):

@@ -115,8 +115,9 @@ class DecoderState(Protocol):
         """Target positions decoded so far."""
         ...
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep batch rows ``index`` (B',)."""
+    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
+        """Keep batch rows ``index`` (B',); with ``same_memory`` (each row takes a row of the same source, as
+        in beam search) what was computed from the memory alone may stay as it is."""
         ...
 
 
