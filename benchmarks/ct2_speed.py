@@ -24,9 +24,13 @@ from qkv.families.translation import bleu_scores
 from qkv.interop import export_to_ct2
 
 
-def ct2_decoder(model_dir: Path, run: qkv.api.TranslationRun, threads: int) -> Callable[[list[str], int], list[str]]:
+def ct2_decoder(
+    model_dir: Path, run: qkv.api.TranslationRun, threads: int, compute_type: str = "float32"
+) -> Callable[[list[str], int], list[str]]:
     """A function translating texts with CTranslate2 (the run's tokenizers; source pieces + </s>)."""
-    translator = ctranslate2.Translator(str(model_dir), device="cpu", inter_threads=1, intra_threads=threads)
+    translator = ctranslate2.Translator(
+        str(model_dir), device="cpu", inter_threads=1, intra_threads=threads, compute_type=compute_type
+    )
     st, tt = run.src_tokenizer, run.tgt_tokenizer
 
     def translate(texts: list[str], beam: int) -> list[str]:
@@ -47,13 +51,15 @@ def main() -> None:
     p.add_argument("--src", required=True, help="source sentences")
     p.add_argument("--ref", required=True, help="references")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--int8", action="store_true", help="int8 weights on both sides")
     a = p.parse_args()
     threads = torch.get_num_threads()
-    print(f"{summary_line()}; ctranslate2 {ctranslate2.__version__}, {threads} threads each, float32, batch 64")
-    run = qkv.load(a.run, device="cpu")
+    kind = "int8" if a.int8 else "float32"
+    print(f"{summary_line()}; ctranslate2 {ctranslate2.__version__}, {threads} threads each, {kind}, batch 64")
+    run = qkv.load(a.run, device="cpu", quantize="int8" if a.int8 else "none")
     src, ref = read_lines(a.src), read_lines(a.ref)
     with tempfile.TemporaryDirectory() as tmp:
-        ct2 = ct2_decoder(export_to_ct2(run, Path(tmp) / "ct2"), run, threads)
+        ct2 = ct2_decoder(export_to_ct2(run, Path(tmp) / "ct2"), run, threads, kind)
         sides = {"qkv": lambda texts, beam: run.translate(texts, beam=beam), "ctranslate2": ct2}
         for side in sides.values():  # warm-up
             side(src[:64], 5)
