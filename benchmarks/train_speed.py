@@ -5,7 +5,7 @@ Both models see the same token-budget batches, alternating step by step in one p
 machine noise hits both alike. Prints target tokens/s of each and the ratio.
 
     python benchmarks/train_speed.py --train ../shared/data/multi30k/train.de ../shared/data/multi30k/train.en \
-        [--steps 30] [--run RUN --test ../shared/data/multi30k/test_2016_flickr.de]
+        [--steps 30] [--profile] [--run RUN --test ../shared/data/multi30k/test_2016_flickr.de]
     python benchmarks/train_speed.py --run RUN --test ../shared/data/multi30k/test_2016_flickr.de  # decoding:
         # fp32 against int8 weights
 """
@@ -87,6 +87,47 @@ def compare(cfg: TransformerConfig, batches, ref_dropout: float, warmup: int = 3
     return tokens / times[0], tokens / times[1]
 
 
+FAMILIES = (  # operator families of a training step, first match wins
+    ("attention kernel", ("scaled_dot_product", "flash_attention", "efficient_attention")),
+    ("matrix products", ("mm", "addmm", "bmm", "matmul", "linear", "baddbmm")),
+    ("loss and softmax", ("softmax", "nll", "cross_entropy", "logsumexp")),
+    ("dropout and random numbers", ("dropout", "bernoulli", "random_", "rand", "uniform")),
+    ("layer norm", ("layer_norm",)),
+    ("optimizer", ("_foreach", "addcdiv", "addcmul", "lerp", "sqrt")),
+    ("copies and layout", ("copy_", "clone", "cat", "index", "contiguous", "gather", "scatter")),
+)
+
+
+def family_of(op: str) -> str:
+    """The family of an operator name (``aten::addmm`` -> matrix products)."""
+    name = op.split("::", 1)[1]
+    return next((f for f, keys in FAMILIES if any(k in name for k in keys)), "other element-wise")
+
+
+def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float) -> None:
+    """Each side's share of operator time by family, over the same few training steps (after warm-up)."""
+    from collections import defaultdict
+
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    sides = {"qkv": build_transformer(cfg).train(), "nn.Transformer": TorchTransformer(cfg, ref_dropout).train()}
+    for name, model in sides.items():
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        for batch in batches[:2]:
+            step(model, opt, batch)
+        with profile() as prof:
+            for batch in batches[2:6]:
+                step(model, opt, batch)
+        times: dict[str, float] = defaultdict(float)
+        for e in prof.key_averages():
+            if e.key.startswith(("aten::", "mkldnn::")):
+                times[family_of(e.key)] += e.self_cpu_time_total
+        total = sum(times.values())
+        shares = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(times.items(), key=lambda kv: -kv[1]))
+        print(f"profile, {name} (4 steps, {total / 4e3:.0f} ms of operators a step): {shares}")
+
+
 def decode_speed(run_dir: str, test_src: str, limit: int, rounds: int = 2) -> None:
     """Sentences/s of greedy and beam-5 translation of the test set with a trained run, fp32 against int8
     weights (``--quantize int8``), alternating rounds, best of each."""
@@ -115,6 +156,7 @@ def main() -> None:
     p.add_argument("--run", help="a trained run, for decoding speed")
     p.add_argument("--test", help="source sentences to decode (with --run)")
     p.add_argument("--limit", type=int, default=1000, help="most test sentences to decode")
+    p.add_argument("--profile", action="store_true", help="also: each side's operator time by family")
     a = p.parse_args()
     if a.train is None:
         if not (a.run and a.test):
@@ -144,6 +186,8 @@ def main() -> None:
         f"training, no dropout at all: qkv {ours0:,.0f} tok/s, nn.Transformer {theirs0:,.0f} tok/s, "
         f"ratio {ours0 / theirs0:.2f}x"
     )
+    if a.profile:
+        profile_steps(cfg, batches, ref_dropout=cfg.dropout)
     if a.run and a.test:
         decode_speed(a.run, a.test, a.limit)
 
