@@ -27,10 +27,11 @@ def use(run):
     if run.config.spec.translation:
         out = [run.translate(["a b c", "c a"], beam=b) for b in (1, 3)]
         out.append(run.evaluate("test", beam=2)["token_accuracy"])
-        if run.config.family == "transformer":
-            out.append(run.attention("a b").to_dict())
+        maps = run.attention("a b")  # every family's maps, with the page's statistics
+        out += [maps.to_dict(), maps.to_page()["stats"]]
         return out
-    out = [run.evaluate()["loss"], run.attention("To be").to_dict()]
+    maps = run.attention("To be")
+    out = [run.evaluate()["loss"], maps.to_dict(), maps.to_page()["stats"]]
     if run.config.family == "gpt":
         out.append(run.generate(["To be", "W"], max_new_tokens=6, seed=1))
         out.append(run.generate("To", max_new_tokens=4, temperature=0))
