@@ -136,7 +136,8 @@ function show(data, received) {
   state.kinds = {};
   for (const [name, k] of Object.entries(data.kinds)) state.kinds[name] = decodeKind(k);
   $("source").textContent = data.source;
-  $("output").textContent = data.output;
+  // a GPT's output is its most likely next token, often a space or a line break: show it quoted
+  $("output").textContent = data.family === "gpt" ? `next token ${JSON.stringify(data.output)}` : data.output;
   $("arrow").hidden = $("output").hidden = !data.output;
   const kind = $("kind");
   const previous = kind.value;
@@ -160,6 +161,7 @@ function current() {
 
 function changeKind() {
   const k = state.kinds[$("kind").value];
+  $("head-control").hidden = k.H === 1; // the baselines' one attention, a rollout
   for (const [id, count, extra] of [["layer", k.L, null], ["head", k.H, k.H > 1 ? "mean" : null]]) {
     const sel = $(id);
     const previous = sel.value;
@@ -188,8 +190,9 @@ function draw() {
   $("step-control").hidden = !stepped;
   const step = stepped ? Number($("step").value) : null;
   if (stepped) $("step-label").textContent = `${step + 1}/${k.T}: ${k.queries.slice(0, step + 1).join(" ")}`;
-  const which = head === "mean" ? "mean over heads" : `head ${head}`;
-  $("caption").textContent = `${k.name}, layer ${layer}, ${which}: ${k.T} × ${k.S}`;
+  const which = head === "mean" ? ", mean over heads" : k.H > 1 ? `, head ${head}` : "";
+  const where = $("kind").value === "rollout" ? `through layer ${layer}` : `layer ${layer}`;
+  $("caption").textContent = `${k.name}, ${where}${which}: ${k.T} × ${k.S}`;
   drawHeatmap(k, m, step);
   drawLegend(k);
   drawLines(k, m, step);
