@@ -124,7 +124,9 @@ def greedy(
     max_len: int | None = None,
     use_cache: bool = True,
 ) -> list[Hypothesis]:
-    """Greedy decoding of a batch of sources (B, S): the most likely token at each step."""
+    """Greedy decoding of a batch of sources (B, S): the most likely token at each step. A row that has
+    produced <eos> leaves the batch (its memory, mask and cache rows with it), so the steps after it cost
+    only the rows still going."""
     max_len = default_max_len(model, src) if max_len is None else max_len
     _check_max_len(model, max_len)
     B, dev = src.size(0), src.device
@@ -133,15 +135,20 @@ def greedy(
     ys = torch.full((B, max_len + 1), model.cfg.pad_id, dtype=torch.long, device=dev)  # (B, 1 + max_len)
     ys[:, 0] = bos_id
     log_prob = torch.zeros(B, device=dev)
-    finished = torch.zeros(B, dtype=torch.bool, device=dev)
+    live = torch.arange(B, device=dev)  # (B',) the rows of ys still being decoded
     t = 0
-    while t < max_len and not bool(finished.all()):
-        lp = next_log_probs(model, ys[:, : t + 1], memory, src_mask, cache)  # (B, V)
-        best_lp, tok = lp.max(dim=-1)  # (B,), (B,)
-        log_prob += best_lp.masked_fill(finished, 0.0)
+    while t < max_len and live.numel() > 0:
+        lp = next_log_probs(model, ys[live, : t + 1], memory, src_mask, cache)  # (B', V)
+        best_lp, tok = lp.max(dim=-1)  # (B',), (B',)
+        log_prob[live] += best_lp
         t += 1
-        ys[:, t] = tok.masked_fill(finished, model.cfg.pad_id)
-        finished |= tok == eos_id
+        ys[live, t] = tok
+        ended = tok == eos_id  # (B',)
+        if bool(ended.any()):
+            keep = (~ended).nonzero().flatten()  # (B'',) positions of the rows going on
+            live, memory, src_mask = live[keep], memory[keep], src_mask[keep]
+            if cache is not None and keep.numel() > 0:
+                cache.reorder(keep)
     hyps = []
     for b in range(B):
         toks = ys[b, 1 : t + 1].tolist()
@@ -153,41 +160,46 @@ def greedy(
 
 @dataclass
 class _Beams:
-    """The state of beam search over B sources × K beams: token buffer ys (B*K, 1 + max_len), preallocated,
-    of which ``t + 1`` columns are filled; live scores (B, K); ended hypotheses and done flags per source."""
+    """The state of beam search over B sources × K beams. Sources still searching are ``live`` (their
+    numbers); tensors hold only theirs, in that order: token buffer ys (B'*K, 1 + max_len), preallocated, of
+    which ``t + 1`` columns are filled; live scores (B', K). Ended hypotheses and done flags are per source."""
 
     ys: Tensor
     scores: Tensor
     ended: list[list[Hypothesis]]
     done: list[bool]
+    live: list[int]
     t: int = 0
 
     def end(self, ends: Tensor, rows: Tensor, top_scores: Tensor, eos_id: int, lp: Callable[[int], float]) -> None:
-        """Record the candidates marked in ``ends`` (B, 2K), continuing ys rows ``rows`` (B, 2K), as ended."""
-        for b, done in enumerate(self.done):
-            if done:
-                continue
-            for j in torch.nonzero(ends[b]).flatten().tolist():
-                prefix = self.ys[rows[b, j], 1 : self.t + 1].tolist()
-                s = float(top_scores[b, j])
+        """Record the candidates marked in ``ends`` (B', 2K), continuing ys rows ``rows`` (B', 2K), as ended."""
+        for i in torch.nonzero(ends.any(dim=-1)).flatten().tolist():
+            b = self.live[i]
+            for j in torch.nonzero(ends[i]).flatten().tolist():
+                prefix = self.ys[rows[i, j], 1 : self.t + 1].tolist()
+                s = float(top_scores[i, j])
                 self.ended[b].append(Hypothesis(prefix + [eos_id], s, s / lp(self.t + 1)))
 
-    def check_done(self, bound: Tensor, K: int) -> None:
-        """A source is done once it has K ended hypotheses and no live beam can beat the worst of them."""
-        for b, done in enumerate(self.done):
-            if not done and len(self.ended[b]) >= K:
+    def check_done(self, bound: Tensor, K: int) -> list[int]:
+        """A source is done once it has K ended hypotheses and no live beam can beat the worst of them;
+        returns the positions (in ``live``) of the sources still searching."""
+        going = []
+        for i, b in enumerate(self.live):
+            if len(self.ended[b]) >= K:
                 worst = sorted(h.score for h in self.ended[b])[-K]
-                self.done[b] = float(bound[b]) <= worst
+                self.done[b] = float(bound[i]) <= worst
+            if not self.done[b]:
+                going.append(i)
+        return going
 
     def finish(self, K: int, lp: Callable[[int], float]) -> list[list[Hypothesis]]:
         """Beams still alive at max_len end there; each source's K best hypotheses, best first."""
-        for b, done in enumerate(self.done):
-            if not done:
-                for k in range(K):
-                    s = float(self.scores[b, k])
-                    if s > float("-inf"):
-                        toks = self.ys[b * K + k, 1 : self.t + 1].tolist()
-                        self.ended[b].append(Hypothesis(toks, s, s / lp(len(toks))))
+        for i, b in enumerate(self.live):
+            for k in range(K):
+                s = float(self.scores[i, k])
+                if s > float("-inf"):
+                    toks = self.ys[i * K + k, 1 : self.t + 1].tolist()
+                    self.ended[b].append(Hypothesis(toks, s, s / lp(len(toks))))
         return [sorted(h, key=lambda x: -x.score)[:K] for h in self.ended]
 
 
@@ -233,27 +245,36 @@ def beam_search(
     ys[:, 0] = bos_id
     scores = torch.full((B, K), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    state = _Beams(ys, scores, [[] for _ in range(B)], [False] * B)
-    base = (torch.arange(B, device=dev) * K)[:, None]  # (B, 1)
+    state = _Beams(ys, scores, [[] for _ in range(B)], [False] * B, list(range(B)))
     first_k = torch.arange(2 * K, device=dev) < K  # (2K,)
-    while state.t < max_len and not all(state.done):
-        lp = next_log_probs(model, state.ys[:, : state.t + 1], memory, src_mask, cache)  # (B*K, V)
+    while state.t < max_len and state.live:
+        n = len(state.live)  # B': sources still searching
+        base = (torch.arange(n, device=dev) * K)[:, None]  # (B', 1)
+        lp = next_log_probs(model, state.ys[:, : state.t + 1], memory, src_mask, cache)  # (B'*K, V)
         V = lp.size(-1)
-        cand = (state.scores[:, :, None] + lp.view(B, K, V)).view(B, K * V)  # (B, K*V)
-        top_scores, top_idx = cand.topk(2 * K, dim=-1)  # (B, 2K): at most K of them end in <eos>
-        origin, tok = top_idx // V, top_idx % V  # (B, 2K) beam of origin, token
+        cand = (state.scores[:, :, None] + lp.view(n, K, V)).view(n, K * V)  # (B', K*V)
+        top_scores, top_idx = cand.topk(2 * K, dim=-1)  # (B', 2K): at most K of them end in <eos>
+        origin, tok = top_idx // V, top_idx % V  # (B', 2K) beam of origin, token
         is_eos = tok == eos_id
         # an <eos> candidate ends a hypothesis only if it ranks among the top K (so beam 1 is greedy)
         state.end(is_eos & torch.isfinite(top_scores) & first_k, base + origin, top_scores, eos_id, norm)
-        state.scores, pos = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=-1)  # (B, K)
-        rows = (base + origin.gather(1, pos)).flatten()  # (B*K,) rows of ys to continue
+        state.scores, pos = top_scores.masked_fill(is_eos, float("-inf")).topk(K, dim=-1)  # (B', K)
+        rows = (base + origin.gather(1, pos)).flatten()  # (B'*K,) rows of ys to continue
         state.t += 1
         state.ys = state.ys[rows]
         state.ys[:, state.t] = tok.gather(1, pos).flatten()
         if cache is not None:
             cache.reorder(rows, same_memory=True)  # rows stay within their source's beams
         horizon = max_len if penalty == "gnmt" else state.t
-        state.check_done(state.scores[:, 0] / norm(horizon), K)  # best any live beam can reach
+        going = state.check_done(state.scores[:, 0] / norm(horizon), K)  # best any live beam can reach
+        if len(going) < n:  # done sources leave the batch, with their memory, mask and cache rows
+            keep = torch.tensor(going, dtype=torch.long, device=dev)  # (B'',)
+            kept_rows = (keep[:, None] * K + torch.arange(K, device=dev)).flatten()  # (B''*K,)
+            state.live = [state.live[i] for i in going]
+            state.ys, state.scores = state.ys[kept_rows], state.scores[keep]
+            memory, src_mask = memory[kept_rows], src_mask[kept_rows]
+            if cache is not None and going:
+                cache.reorder(kept_rows)
     return state.finish(K, norm)
 
 
