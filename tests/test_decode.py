@@ -116,3 +116,27 @@ def test_decoders_preallocate_the_cache_to_the_longest_target():
     greedy(model, src, max_len=12)
     beam_search(model, src, beam=3, max_len=12)
     assert asked == [13, 13]  # <bos> + 12 tokens: the caches are never reallocated
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+@pytest.mark.parametrize("which", [0, 1, "trained"])
+def test_finished_sources_leave_the_batch_and_change_nothing(which, beam, request, monkeypatch):
+    """Rows that are done stop being decoded (the batch shrinks), and each source's result equals decoding it
+    alone."""
+    model, src = request.getfixturevalue("trained") if which == "trained" else make_model(which)
+    rows = []
+    real = model.decode
+    monkeypatch.setattr(model, "decode", lambda tgt, *a, **k: rows.append(tgt.size(0)) or real(tgt, *a, **k))
+
+    def run(s: torch.Tensor) -> list[list[int]]:
+        if beam == 1:
+            return [h.tokens for h in greedy(model, s, max_len=20)]
+        return [h[0].tokens for h in beam_search(model, s, beam=beam, max_len=20)]
+
+    together = run(src)
+    steps = list(rows)
+    assert steps == sorted(steps, reverse=True)  # rows only leave
+    if which == "trained":  # its translations end at different lengths: the batch shrinks
+        assert steps[-1] < steps[0]
+    alone = [run(src[i : i + 1])[0] for i in range(src.size(0))]
+    assert together == alone
