@@ -1,0 +1,81 @@
+"""Decoding speed of this tree's ``qkv/decode.py`` against an earlier revision's, side by side in one process.
+
+Loads ``qkv/decode.py`` as it was at ``--before REV`` (``git show``) beside the current one, translates the
+same sentences with the same run through each in alternating rounds (greedy and beam 5, best of each), and
+prints sentences/s, the ratio, BLEU and how many translations are identical.
+
+    python benchmarks/decode_ab.py --before REV --run RUN --src test_2016_flickr.de --ref test_2016_flickr.en \
+        [--quantize int8] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import qkv
+import qkv.decode
+import qkv.families.translation as translation
+from qkv.data import read_lines
+from qkv.env import summary_line
+from qkv.families.translation import bleu_scores
+
+
+def decode_module_at(rev: str):
+    """``qkv/decode.py`` as it was at git revision ``rev``, imported as a module of its own."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(
+        ["git", "show", f"{rev}:qkv/decode.py"], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "decode_before.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("decode_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["decode_before"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    """Run the benchmark."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--before", required=True, metavar="REV", help="the git revision to compare against")
+    p.add_argument("--run", required=True)
+    p.add_argument("--src", required=True)
+    p.add_argument("--ref", required=True)
+    p.add_argument("--quantize", default="none", choices=("none", "int8"))
+    p.add_argument("--rounds", type=int, default=2)
+    a = p.parse_args()
+    before = decode_module_at(a.before)
+    variants = {"before": (before.greedy, before.beam_search), "after": (qkv.decode.greedy, qkv.decode.beam_search)}
+    run = qkv.load(a.run, device="cpu", quantize=a.quantize)
+    src, ref = read_lines(a.src), read_lines(a.ref)
+    print(f"{summary_line()}; {a.run}, weights {a.quantize if a.quantize != 'none' else 'fp32'}, before = {a.before}")
+    for beam in (1, 5):
+        best, outputs = {}, {}
+        for name in variants:  # warm-up
+            translation.greedy, translation.beam_search = variants[name]
+            run.translate(src[:64], beam=beam)
+        for _ in range(a.rounds):
+            for name in variants:
+                translation.greedy, translation.beam_search = variants[name]
+                t0 = time.perf_counter()
+                outputs[name] = run.translate(src, beam=beam)
+                best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
+        translation.greedy, translation.beam_search = variants["after"]
+        same = sum(x == y for x, y in zip(outputs["before"], outputs["after"], strict=True))
+        bleu = {name: bleu_scores(out, ref)["bleu"] for name, out in outputs.items()}
+        print(
+            f"beam {beam}: before {len(src) / best['before']:.1f} sentences/s (BLEU {bleu['before']:.2f}), "
+            f"after {len(src) / best['after']:.1f} (BLEU {bleu['after']:.2f}) = {best['before'] / best['after']:.2f}x; "
+            f"identical translations {same}/{len(src)}"
+        )
+
+
+if __name__ == "__main__":
+    main()
