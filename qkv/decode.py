@@ -114,6 +114,14 @@ def _check_max_len(model: EncoderDecoder, max_len: int) -> None:
         raise QkvError(f"max length {max_len} must be between 1 and the model's max_len - 1 ({model.cfg.max_len - 1})")
 
 
+def _keep_rows(rows: Tensor, memory: Tensor, src_mask: Tensor, cache: Any) -> tuple[Tensor, Tensor]:
+    """Rows ``rows`` (B'',) of the memory and its mask, the cache keeping the same rows: decoding goes on
+    with the rows not finished."""
+    if cache is not None and rows.numel() > 0:
+        cache.reorder(rows)
+    return memory[rows], src_mask[rows]
+
+
 @torch.inference_mode()
 def greedy(
     model: EncoderDecoder,
@@ -146,9 +154,8 @@ def greedy(
         ended = tok == eos_id  # (B',)
         if bool(ended.any()):
             keep = (~ended).nonzero().flatten()  # (B'',) positions of the rows going on
-            live, memory, src_mask = live[keep], memory[keep], src_mask[keep]
-            if cache is not None and keep.numel() > 0:
-                cache.reorder(keep)
+            live = live[keep]
+            memory, src_mask = _keep_rows(keep, memory, src_mask, cache)
     hyps = []
     for b in range(B):
         toks = ys[b, 1 : t + 1].tolist()
@@ -272,9 +279,7 @@ def beam_search(
             kept_rows = (keep[:, None] * K + torch.arange(K, device=dev)).flatten()  # (B''*K,)
             state.live = [state.live[i] for i in going]
             state.ys, state.scores = state.ys[kept_rows], state.scores[keep]
-            memory, src_mask = memory[kept_rows], src_mask[kept_rows]
-            if cache is not None and going:
-                cache.reorder(kept_rows)
+            memory, src_mask = _keep_rows(kept_rows, memory, src_mask, cache)
     return state.finish(K, norm)
 
 
