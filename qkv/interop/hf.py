@@ -33,6 +33,7 @@ from qkv.models.gpt import GPT, GPTConfig
 __all__ = ["bert_from_hf", "bert_to_hf", "gpt_from_hf", "gpt_to_hf", "read_hf_config", "read_hf_dir"]
 
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+TO_HF_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}  # what an exported config names
 
 
 def read_hf_config(directory: str | Path) -> dict[str, Any]:
@@ -169,8 +170,9 @@ def gpt_from_hf(directory: str | Path) -> GPT:
 def gpt_to_hf(model: GPT) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """A Hugging Face GPT2LMHeadModel config and state dict for a qkv GPT."""
     cfg = model.cfg
-    if cfg.activation != "gelu_tanh":
-        raise QkvError("only GPTs with activation gelu_tanh can be exported as GPT-2")
+    if cfg.activation not in TO_HF_ACTIVATIONS:
+        known = ", ".join(TO_HF_ACTIVATIONS)
+        raise QkvError(f"a GPT with activation {cfg.activation} cannot be exported as GPT-2 (it takes {known})")
     p = {k: v.detach() for k, v in model.state_dict().items()}
     s = {f"transformer.{h}": (p[q].t() if t else p[q]) for q, h, t in gpt2_names(cfg.N)}
     config = {
@@ -183,7 +185,7 @@ def gpt_to_hf(model: GPT) -> tuple[dict[str, Any], dict[str, Tensor]]:
         "n_layer": cfg.N,
         "n_head": cfg.h,
         "n_inner": cfg.d_ff or None,
-        "activation_function": "gelu_new",
+        "activation_function": TO_HF_ACTIVATIONS[cfg.activation],
         "layer_norm_epsilon": cfg.eps,
         "resid_pdrop": cfg.dropout,
         "embd_pdrop": cfg.dropout,
@@ -286,7 +288,7 @@ def bert_to_hf(model: BERT) -> tuple[dict[str, Any], dict[str, Tensor]]:
             parts = MultiHeadAttention.split_in_proj(p[f"encoder.layers.{i}.self_attn.in_proj.{kind}"])
             for n, part in zip(BERT_QKV, parts, strict=True):
                 s[f"bert.encoder.layer.{i}.attention.self.{n}.{kind}"] = part
-    activation = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[cfg.activation]
+    activation = TO_HF_ACTIVATIONS[cfg.activation]
     config = {
         "architectures": ["BertForMaskedLM"],
         "model_type": "bert",

@@ -183,3 +183,34 @@ def test_untrusted_or_incomplete_checkpoints_are_one_line(tmp_path, capsys):
     assert main(["convert", "--from-hf", str(ref), "--out", str(tmp_path / "c")]) == 2
     assert "lacks 'vocab_size'" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in "abc")
+
+
+def test_a_gpt_with_the_exact_gelu_exports_as_gpt2(family_runs, tmp_path):
+    """The shakespeare-char recipe's exact GELU is GPT-2's ``activation_function: gelu``: transformers reads
+    the export and gives qkv's logits."""
+    import qkv
+    from qkv.interop import export_to_hf
+
+    run = qkv.load(family_runs["gpt"])
+    assert run.model.cfg.activation == "gelu"
+    out = export_to_hf(family_runs["gpt"], tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["activation_function"] == "gelu"
+    back = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
+    ids = torch.randint(0, run.model.cfg.vocab_size, (2, 8))
+    with torch.no_grad():
+        assert (back(ids).logits - run.model(ids)).abs().max() < 1e-5
+
+
+def test_a_gpt_whose_activation_gpt2_lacks_is_one_line(family_runs, tmp_path):
+    import shutil
+
+    from qkv.interop import export_to_hf
+
+    run = tmp_path / "run"
+    shutil.copytree(family_runs["gpt"], run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["activation"] = "swish"
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(QkvError, match="activation swish cannot be exported as GPT-2"):
+        export_to_hf(run, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
