@@ -168,13 +168,13 @@ def greedy(
 @dataclass
 class _Beams:
     """The state of beam search over B sources × K beams. Sources still searching are ``live`` (their
-    numbers); tensors hold only theirs, in that order: token buffer ys (B'*K, 1 + max_len), preallocated, of
-    which ``t + 1`` columns are filled; live scores (B', K). Ended hypotheses and done flags are per source."""
+    numbers; a source that is done leaves); tensors hold only theirs, in that order: token buffer ys
+    (B'*K, 1 + max_len), preallocated, of which ``t + 1`` columns are filled; live scores (B', K). Ended
+    hypotheses are kept per source."""
 
     ys: Tensor
     scores: Tensor
     ended: list[list[Hypothesis]]
-    done: list[bool]
     live: list[int]
     t: int = 0
 
@@ -192,10 +192,8 @@ class _Beams:
         returns the positions (in ``live``) of the sources still searching."""
         going = []
         for i, b in enumerate(self.live):
-            if len(self.ended[b]) >= K:
-                worst = sorted(h.score for h in self.ended[b])[-K]
-                self.done[b] = float(bound[i]) <= worst
-            if not self.done[b]:
+            done = len(self.ended[b]) >= K and float(bound[i]) <= sorted(h.score for h in self.ended[b])[-K]
+            if not done:
                 going.append(i)
         return going
 
@@ -252,7 +250,7 @@ def beam_search(
     ys[:, 0] = bos_id
     scores = torch.full((B, K), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    state = _Beams(ys, scores, [[] for _ in range(B)], [False] * B, list(range(B)))
+    state = _Beams(ys, scores, [[] for _ in range(B)], list(range(B)))
     first_k = torch.arange(2 * K, device=dev) < K  # (2K,)
     while state.t < max_len and state.live:
         n = len(state.live)  # B': sources still searching

@@ -152,12 +152,17 @@ class LMRun(Run):
                 return None
         except (QkvError, OSError):
             return None
-        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), None)
-        limit = self.model.cfg.max_len - (2 if self.config.family == "bert" else 0)  # BERT adds [CLS], [SEP]
-        while line and (len(line) > max_chars or len(self.tokenizer.encode(line)) > limit):
-            shorter = line.rsplit(" ", 1)[0]
-            line = shorter if shorter != line else line[: max(1, min(max_chars, len(line) - 1))]
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        if len(line) > max_chars:
+            line = line[:max_chars].rsplit(" ", 1)[0] or line[:max_chars]
+        while line and len(self.tokenizer.encode(line)) > self.text_tokens:
+            line = line.rsplit(" ", 1)[0] if " " in line else line[:-1]
         return line or None
+
+    @property
+    def text_tokens(self) -> int:
+        """The most tokens of text the model reads at once."""
+        return self.model.cfg.max_len
 
 
 @dataclass
@@ -242,6 +247,11 @@ class BERTRun(LMRun):
         """Tokens per text, [CLS] and [SEP] included (longer texts are truncated, as sentence-transformers does)."""
         limit = self.config.task.max_seq_len
         return min(limit, self.model.cfg.max_len) if limit else self.model.cfg.max_len
+
+    @property
+    def text_tokens(self) -> int:
+        """The most tokens of text it reads at once: its ``max_tokens`` less [CLS] and [SEP]."""
+        return self.max_tokens - 2
 
     def encode_texts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """[CLS] text [SEP] ids (B, T), right-padded, and the attention mask (B, T), on the model's device."""

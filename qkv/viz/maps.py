@@ -178,10 +178,10 @@ def lm_attention_maps(run: Any, text: str) -> AttentionMaps:
     model, tok = run.model, run.tokenizer
     model.eval()
     if run.config.family == "bert":
-        n = len(tok.encode(text)) + 2
-        if n > run.max_tokens:  # embed truncates as sentence-transformers does; a map shows all it was given
+        n = len(tok.encode(text))
+        if n > run.text_tokens:  # embed truncates as sentence-transformers does; a map shows all it was given
             limit = run.max_tokens
-            raise QkvError(f"{n} tokens ([CLS] and [SEP] included) exceed this model's {limit}: shorten the text")
+            raise QkvError(f"{n + 2} tokens ([CLS] and [SEP] included) exceed this model's {limit}: shorten the text")
         ids, mask = run.encode_texts([text])
         _, weights = model.encode(ids, mask, need_weights=True)
         output = ""
