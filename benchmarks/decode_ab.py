@@ -51,7 +51,10 @@ def main() -> None:
     p.add_argument("--quantize", default="none", choices=("none", "int8"))
     p.add_argument("--rounds", type=int, default=2)
     a = p.parse_args()
-    before = decode_module_at(a.before)
+    try:
+        before = decode_module_at(a.before)
+    except subprocess.CalledProcessError as e:
+        p.error(f"--before {a.before}: git cannot show qkv/decode.py there ({e.stderr.strip()})")
     variants = {"before": (before.greedy, before.beam_search), "after": (qkv.decode.greedy, qkv.decode.beam_search)}
     run = qkv.load(a.run, device="cpu", quantize=a.quantize)
     src, ref = read_lines(a.src), read_lines(a.ref)

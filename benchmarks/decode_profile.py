@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections import defaultdict
 
+from op_families import family_times, shares  # beside this script
 from torch.profiler import profile
 
 import qkv
@@ -26,9 +26,8 @@ MATMUL = ("mm", "addmm", "bmm", "matmul", "linear", "_linear_pointwise", "scaled
 MOVES = ("index_select", "copy_", "index", "gather")
 
 
-def family(op: str) -> str:
-    """The family of an ATen operator name."""
-    name = op.split("::", 1)[1]
+def family(name: str) -> str:
+    """The family of an operator (its name without the namespace)."""
     if any(m in name for m in MATMUL):
         return "matrix products"
     return "row moves and copies" if name in MOVES else "other"
@@ -56,13 +55,7 @@ def main() -> None:
             run.translate(src[:32], beam=beam)  # warm-up
             with profile() as prof:
                 outputs.append(run.translate(src, beam=beam))
-            times: dict[str, float] = defaultdict(float)
-            for e in prof.key_averages():
-                if e.key.startswith(("aten::", "mkldnn::", "quantized::")):
-                    times[family(e.key)] += e.self_cpu_time_total
-            total = sum(times.values())
-            shares = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(times.items(), key=lambda kv: -kv[1]))
-            print(f"beam {beam}, {name}: {shares}")
+            print(f"beam {beam}, {name}: {shares(family_times(prof, family))}")
         KVCache.reorder = now
         print(f"beam {beam}: same translations before and after: {outputs[0] == outputs[1]}")
         best = {name: math.inf for name in ("before", "after")}

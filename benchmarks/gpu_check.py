@@ -271,6 +271,9 @@ def main() -> None:
             for c in (False, True)
         ),
     ]
+    unknown = sorted(set(a.only or ()) - {key for key, _ in sections})
+    if unknown:
+        p.error(f"--only {' '.join(unknown)}: no such section; choose from {' '.join(key for key, _ in sections)}")
     for key, fn in sections:
         if a.only and key not in a.only:
             continue

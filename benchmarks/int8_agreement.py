@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--text", help="text to read whole (default: the validation part of the run's own text)")
     p.add_argument("--positions", type=int, default=1000)
     a = p.parse_args()
+    if a.positions < 1:
+        p.error("--positions must be >= 1")
     fp32, int8 = qkv.load(a.run), qkv.load(a.run, quantize="int8")
     task = fp32.config.task
     if a.text is not None:

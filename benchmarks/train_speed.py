@@ -98,16 +98,14 @@ FAMILIES = (  # operator families of a training step, first match wins
 )
 
 
-def family_of(op: str) -> str:
-    """The family of an operator name (``aten::addmm`` -> matrix products)."""
-    name = op.split("::", 1)[1]
+def family_of(name: str) -> str:
+    """The family of an operator (its name without the namespace: ``addmm`` -> matrix products)."""
     return next((f for f, keys in FAMILIES if any(k in name for k in keys)), "other element-wise")
 
 
 def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float) -> None:
     """Each side's share of operator time by family, over the same few training steps (after warm-up)."""
-    from collections import defaultdict
-
+    from op_families import family_times, shares  # beside this script
     from torch.profiler import profile
 
     torch.manual_seed(0)
@@ -119,13 +117,8 @@ def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float) -> None:
         with profile() as prof:
             for batch in batches[2:6]:
                 step(model, opt, batch)
-        times: dict[str, float] = defaultdict(float)
-        for e in prof.key_averages():
-            if e.key.startswith(("aten::", "mkldnn::")):
-                times[family_of(e.key)] += e.self_cpu_time_total
-        total = sum(times.values())
-        shares = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(times.items(), key=lambda kv: -kv[1]))
-        print(f"profile, {name} (4 steps, {total / 4e3:.0f} ms of operators a step): {shares}")
+        times = family_times(prof, family_of)
+        print(f"profile, {name} (4 steps, {sum(times.values()) / 4e3:.0f} ms of operators a step): {shares(times)}")
 
 
 def decode_speed(run_dir: str, test_src: str, limit: int, rounds: int = 2) -> None:

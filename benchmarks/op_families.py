@@ -1,0 +1,24 @@
+"""Operator time of a torch profile by family: the aggregation the profiling benchmarks share."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+OPERATORS = ("aten::", "mkldnn::", "quantized::")  # ATen's, oneDNN's packed linear, fbgemm's int8
+
+
+def family_times(prof: Any, family: Callable[[str], str]) -> dict[str, float]:
+    """Self CPU time (µs) of the profile's operators, summed by ``family(operator name)``; Python not counted."""
+    times: dict[str, float] = defaultdict(float)
+    for e in prof.key_averages():
+        if e.key.startswith(OPERATORS):
+            times[family(e.key.split("::", 1)[1])] += e.self_cpu_time_total
+    return dict(times)
+
+
+def shares(times: dict[str, float]) -> str:
+    """'family 57%, …', largest first."""
+    total = sum(times.values())
+    return ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(times.items(), key=lambda kv: -kv[1]))
