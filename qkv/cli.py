@@ -264,7 +264,7 @@ def add_attention_arguments(at: argparse.ArgumentParser) -> None:
         help="enc, dec or cross for translation models (default cross; the baselines have cross only); self for "
         "GPT/BERT; rollout (Abnar & Zuidema) for an encoder, BERT or GPT",
     )
-    at.add_argument("--layer", type=int, default=0, metavar="L", help="layer number (default 0)")
+    at.add_argument("--layer", type=int, metavar="L", help="layer number (default 0; with --stats: every layer)")
     at.add_argument("--head", default="all", metavar="H|mean|all", help="a head number, 'mean', or 'all' (a grid)")
     at.add_argument(
         "--format",
@@ -275,7 +275,8 @@ def add_attention_arguments(at: argparse.ArgumentParser) -> None:
     at.add_argument(
         "--stats",
         action="store_true",
-        help="print each head's statistics (entropy, distance, previous/same/next/first/eos weight) as JSON",
+        help="print each head's statistics (entropy, distance, previous/same/next/first/eos weight) as JSON: of "
+        "every kind, layer and head, or those --kind, --layer and --head name",
     )
     at.add_argument("--beam", type=int, default=1, metavar="K", help="decode with beam search to draw its translation")
     _model_arguments(at)
@@ -639,17 +640,33 @@ def cmd_attention(a: argparse.Namespace) -> int:
     maps = run.attention(text, beam=a.beam) if translation else run.attention(text)
     kind = a.kind or ("cross" if translation else "self")
     maps.check(kind, a.layer)
+    stats = _chosen_stats(maps, a, kind) if a.stats else None
     path = None
     if a.output is not None:
-        path = save_attention(maps, a.output, kind=kind, layer=a.layer, head=a.head, fmt=a.format, run=run)
+        layer = 0 if a.layer is None else a.layer
+        path = save_attention(maps, a.output, kind=kind, layer=layer, head=a.head, fmt=a.format, run=run)
     print(f"{maps.source} -> {maps.output}", file=sys.stderr)
     if path is not None:
         print(f"qkv: wrote {path}", file=sys.stderr)
-    if a.stats:
-        from qkv.viz.stats import head_stats
-
-        print(json.dumps({"source": maps.source, "output": maps.output, "heads": head_stats(maps)}, indent=1))
+    if stats is not None:
+        print(json.dumps({"source": maps.source, "output": maps.output, "heads": stats}, indent=1))
     return 0
+
+
+def _chosen_stats(maps: Any, a: argparse.Namespace, kind: str) -> list[dict[str, Any]]:
+    """The head statistics ``qkv attention --stats`` prints: every head, or those of the ``--kind``,
+    ``--layer`` and ``--head`` the user named (``kind`` is --kind or its default, to check a head against)."""
+    from qkv.viz.stats import head_stats
+
+    head = None if a.head in ("all", "mean") else a.head
+    if a.head == "mean" and a.output is None:
+        raise QkvError("--head mean draws the mean of a layer's heads; --stats describes single heads: give --head H")
+    if head is not None:
+        if not head.isdigit():
+            raise QkvError(f"--head must be a head number, 'mean' or 'all' (got {shown(head)})")
+        maps.check(kind, a.layer, int(head))
+    wanted = {"kind": a.kind, "layer": a.layer, "head": None if head is None else int(head)}
+    return [r for r in head_stats(maps) if all(v is None or r[k] == v for k, v in wanted.items())]
 
 
 def _need(run: Any, family: str, verb: str) -> None:

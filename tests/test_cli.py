@@ -361,6 +361,10 @@ def test_json_lines_on_stdout_messages_on_stderr(tiny_run, tmp_path):
     heads = json.loads(res.stdout)["heads"]
     assert res.returncode == 0 and {r["kind"] for r in heads} == {"enc", "dec", "cross"}
     assert len(heads) == 3 * 2 * 2 and all(r["distance"] is None for r in heads if r["kind"] == "cross")
+    chosen = json.loads(qkv("attention", str(tiny_run), "abc", "--stats", "--kind", "enc", "--layer", "1").stdout)
+    assert [(r["kind"], r["layer"], r["head"]) for r in chosen["heads"]] == [("enc", 1, 0), ("enc", 1, 1)]
+    one_head = json.loads(qkv("attention", str(tiny_run), "abc", "--stats", "--head", "1").stdout)["heads"]
+    assert len(one_head) == 3 * 2 and {r["head"] for r in one_head} == {1}
 
 
 def _edited_run(tiny_run: Path, tmp_path: Path, section: str, field: str, value) -> Path:
@@ -408,6 +412,9 @@ def test_more_bad_inputs_are_one_line(tiny_run, tmp_path, capsys):
         (["attention", str(tiny_run), "abc"], "nothing to write: give -o FILE"),
         (["attention", str(tiny_run), "abc", "--stats", "--format", "html"], "--format html needs -o FILE"),
         (["attention", str(tiny_run), "abc", "--stats", "--kind", "self"], "no 'self' attention"),
+        (["attention", str(tiny_run), "abc", "--stats", "--head", "mean"], "--stats describes single heads"),
+        (["attention", str(tiny_run), "abc", "--stats", "--head", "9"], "head 9 does not exist"),
+        (["attention", str(tiny_run), "abc", "--stats", "--head", "x"], "--head must be a head number"),
         (["translate", str(tiny_run), "abc", "--beam", "100000"], "beam width must be from 1 to 64"),
         (["translate", str(tiny_run), "abc", "--batch-size", "0"], "batch size must be >= 1"),
         (["train", "reverse", "save_every=-1", "--print-config"], "invalid train.save_every=-1"),
