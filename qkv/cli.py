@@ -637,6 +637,8 @@ def cmd_attention(a: argparse.Namespace) -> int:
     if not text:
         raise QkvError("nothing to read: give TEXT or a sentence on stdin")
     translation = run.config.spec.translation
+    if not translation and a.beam != 1:
+        raise QkvError(f"--beam decodes a translation; {run.path} is a {run.config.family} run: drop --beam")
     maps = run.attention(text, beam=a.beam) if translation else run.attention(text)
     kind = a.kind or ("cross" if translation else "self")
     maps.check(kind, a.layer)

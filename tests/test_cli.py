@@ -537,3 +537,12 @@ def test_tensorboard_without_the_package_is_one_line(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert err.startswith("qkv: error: train.tensorboard needs the tensorboard package") and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_attention_beam_on_a_language_model_is_one_line(family_runs, capsys):
+    from qkv.cli import main
+
+    assert main(["attention", str(family_runs["gpt"]), "To be", "--stats", "--beam", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--beam decodes a translation" in err and len(err.strip().splitlines()) == 1
+    assert main(["attention", str(family_runs["gpt"]), "To be", "--stats"]) == 0
