@@ -94,13 +94,7 @@ async function loadInfo() {
   if (window.QKV_PAGE) {
     $("text").value = window.QKV_PAGE.data.source;
     for (const id of ["text", "run", "beam"]) $(id).disabled = true;
-    const start = window.QKV_PAGE.start || {};
-    if (start.kind) option($("kind"), start.kind, start.kind); // show() keeps a selection that exists
-    $("kind").value = start.kind || "";
-    for (const id of ["layer", "head"]) if (start[id] !== undefined) option($(id), String(start[id]), "");
-    if (start.layer !== undefined) $("layer").value = String(start.layer);
-    if (start.head !== undefined) $("head").value = String(start.head);
-    show(window.QKV_PAGE.data, performance.now());
+    show(window.QKV_PAGE.data, performance.now(), window.QKV_PAGE.start);
   } else if (i.example) {
     $("text").value = i.example;
     await run();
@@ -131,7 +125,8 @@ async function run(event) {
   }
 }
 
-function show(data, received) {
+// Draw an answer; ``start`` ({kind, layer, head}, a saved page's) picks the map shown first.
+function show(data, received, start = {}) {
   state.data = data;
   state.kinds = {};
   for (const [name, k] of Object.entries(data.kinds)) state.kinds[name] = decodeKind(k);
@@ -144,10 +139,14 @@ function show(data, received) {
   kind.innerHTML = "";
   for (const [name, k] of Object.entries(data.kinds)) option(kind, name, k.name);
   if (previous && data.kinds[previous]) kind.value = previous;
+  if (start.kind && data.kinds[start.kind]) kind.value = start.kind;
   $("step").max = Math.max(0, data.steps - 1);
   $("step").value = Math.max(0, data.steps - 1);
   $("result").hidden = false;
   changeKind();
+  if (start.layer !== undefined || start.head !== undefined) {
+    openHead(start.layer ?? $("layer").value, start.head ?? $("head").value);
+  }
   window.qkvLastRenderMs = performance.now() - received;
   window.qkvRenders += 1;
 }
