@@ -60,11 +60,15 @@ class Distributed:
 
     def broadcast_ok(self, ok: bool) -> bool:
         """Rank 0's verdict (e.g. 'the run directory is usable'), on every rank."""
+        return bool(self.from_main(ok))
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` (a plain value: bools, numbers, tuples of them), on every rank."""
         if self.world_size == 1:
-            return ok
-        flag = [ok]
-        torch.distributed.broadcast_object_list(flag, src=0)
-        return bool(flag[0])
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
     def stop(self) -> None:
         """Leave the process group."""

@@ -46,6 +46,11 @@ class TrainConfig:
     forward pass's autocast (:mod:`qkv.devices`: fp32, bf16, fp16 with a gradient scaler, or auto = bf16
     where the hardware multiplies bf16 natively); ``compile`` runs the model under ``torch.compile``.
 
+    A time budget: ``max_minutes`` > 0 ends the run once its training time (evaluation excluded) reaches
+    it, as a finished run (final evaluation, summary), with ``steps`` as the upper bound; the cosine
+    schedule then ends where the time does (see ``qkv.train.lr_at``).
+    ``eval_minutes`` > 0 also evaluates every that many minutes of training time (curves against time).
+
     Checkpoints: at every evaluation (``eval_every``), every ``save_every`` steps, and every
     ``save_minutes`` of wall time (the paper's 10 minutes); the run's top level holds the latest.
     ``keep_last`` > 0 also keeps the weights of the last K checkpoints in ``checkpoints/`` (for
@@ -70,6 +75,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     clip: float = 1.0
     eval_every: int = 500
+    eval_minutes: float = 0.0
+    max_minutes: float = 0.0
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -103,6 +110,8 @@ class TrainConfig:
         check(0 <= self.label_smoothing < 1, s, "label_smoothing", self.label_smoothing, "must be in [0, 1)")
         check(self.clip >= 0, s, "clip", self.clip, "must be >= 0 (0 turns clipping off)")
         check(self.eval_every >= 1, s, "eval_every", self.eval_every, "must be >= 1")
+        check(self.eval_minutes >= 0, s, "eval_minutes", self.eval_minutes, "must be >= 0 (0 = by steps only)")
+        check(self.max_minutes >= 0, s, "max_minutes", self.max_minutes, "must be >= 0 (0 = no time limit)")
         check(check_device_name(self.device), s, "device", self.device, f"choose {DEVICE_NAMES}")
         check(self.precision in PRECISIONS, s, "precision", self.precision, f"choose {', '.join(PRECISIONS)}")
         check(self.threads >= 0, s, "threads", self.threads, "must be >= 0 (0 = torch's default)")

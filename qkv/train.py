@@ -67,8 +67,10 @@ __all__ = [
 ]
 
 
-def lr_at(step: int, cfg: TrainConfig, d_model: int) -> float:
-    """Learning rate at ``step`` (1-based)."""
+def lr_at(step: int, cfg: TrainConfig, d_model: int, minutes: float = 0.0) -> float:
+    """Learning rate at ``step`` (1-based), after ``minutes`` of training. Under a time budget
+    (``max_minutes``) the cosine schedule ends at the step the run reaches at its pace so far,
+    ``step · max_minutes / minutes`` (at most ``steps``), so it anneals to ``min_lr`` as the time runs out."""
     step = max(step, 1)
     if cfg.schedule == "noam":
         return cfg.lr * d_model**-0.5 * min(step**-0.5, step * cfg.warmup**-1.5)
@@ -77,7 +79,10 @@ def lr_at(step: int, cfg: TrainConfig, d_model: int) -> float:
     if cfg.schedule == "inverse_sqrt":
         return cfg.lr * math.sqrt(max(cfg.warmup, 1) / step)
     if cfg.schedule == "cosine":
-        progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+        last = cfg.steps
+        if cfg.max_minutes > 0 and minutes > 0:
+            last = min(last, step * cfg.max_minutes / minutes)
+        progress = min(1.0, max(0.0, step - cfg.warmup) / max(1, last - cfg.warmup))
         return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
     return cfg.lr
 
@@ -116,13 +121,15 @@ def train_step(
     total_tokens: int | None = None,
     world_size: int = 1,
     scaler: torch.amp.GradScaler | None = None,
+    minutes: float = 0.0,
 ) -> StepStats:
     """One optimizer step over ``micro_batches`` (gradient accumulation).
 
     The loss is normalised by the number of target tokens in the whole step — ``total_tokens``, all
     ranks together under DistributedDataParallel (which averages gradients over ``world_size``, hence
     the factor) — so accumulation and data parallelism both equal one big batch. ``loss_fn(model,
-    batch)`` gives a batch's summed loss (default: the translation label-smoothed loss).
+    batch)`` gives a batch's summed loss (default: the translation label-smoothed loss). ``minutes`` of
+    training so far set the learning rate under a time budget (:func:`lr_at`).
     """
     core = unwrap(model)
     if loss_fn is None:
@@ -130,7 +137,7 @@ def train_step(
         def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
             return label_smoothed_loss(m(b.src, b.tgt_in), b.tgt_out, cfg.label_smoothing, core.cfg.pad_id)
 
-    lr = lr_at(step, cfg, core.cfg.d_model)
+    lr = lr_at(step, cfg, core.cfg.d_model, minutes)
     for group in optimizer.param_groups:
         group["lr"] = lr
     model.train()
@@ -317,6 +324,7 @@ class Trainer:
         self.dist = dist or Distributed()
         self.device = device or torch.device("cpu")
         self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
+        self.clock = 0.0  # rank 0's training seconds after the last step: what every rank's schedule reads
         self._last_save = time.perf_counter()
         self._open_directory()
         self.hooks = self._make_hooks(cfg)
@@ -406,7 +414,8 @@ class Trainer:
         self.say(f"qkv: resuming {self.out} at step {self.step}/{self.cfg.train.steps}")
 
     def run(self, until_step: int | None = None, progress: bool = True) -> dict[str, Any]:
-        """Train to ``train.steps`` (or stop resumably after ``until_step``, or at Ctrl-C); returns the summary."""
+        """Train to ``train.steps`` or ``train.max_minutes`` (or stop resumably after ``until_step``, or at
+        Ctrl-C); returns the summary."""
         tc, dist = self.cfg.train, self.dist
         processes = f", {dist.world_size} processes" if dist.world_size > 1 else ""
         self.say(
@@ -427,26 +436,39 @@ class Trainer:
         )
         t_start = time.perf_counter() - self.elapsed
         self._last_save = time.perf_counter()
+        last_eval, time_up, self.clock = self.elapsed, self._time_up(), self.elapsed
         with _StopFlag() as flag:
-            while self.step < last:
+            while self.step < last and not time_up:
                 stats, nll = self.train_one_step()
                 self.elapsed = time.perf_counter() - t_start
                 self.log.step(self.step, stats, self.elapsed, nll)
-                stop_now = dist.broadcast_ok(flag.stop) if dist.world_size > 1 else flag.stop
-                if self.step % tc.eval_every == 0 or self.step == last or stop_now:
+                # rank 0's clock and signal decide for every rank (one collective a step)
+                eval_due = tc.eval_minutes > 0 and self.elapsed - last_eval >= 60 * tc.eval_minutes
+                stop_now, time_up, eval_due, self.clock = dist.from_main(
+                    (flag.stop, self._time_up(), eval_due, self.elapsed)
+                )
+                if self.step % tc.eval_every == 0 or self.step == last or stop_now or time_up or eval_due:
                     self.evaluate_and_save(stats)
                     t_start = time.perf_counter() - self.elapsed  # evaluation time is not training time
+                    last_eval = self.elapsed
                     self.log.pause()
                 elif self._save_due():
                     self.checkpoint()
                 if stop_now:
                     break
         self.log.close()
-        if self.step < tc.steps:
+        if time_up and self.step < tc.steps:
+            self.say(f"qkv: {tc.max_minutes:g} minutes of training reached at step {self.step}")
+        elif self.step < tc.steps:
             why = f" ({flag.signal_name})" if flag.signal_name else ""
             self.say(f"qkv: stopped at step {self.step}/{tc.steps}{why}; continue with: qkv train --resume {self.out}")
             return {"step": self.step, "stopped": True}
         return self.finish()
+
+    def _time_up(self) -> bool:
+        """Whether the run's training time has reached ``train.max_minutes`` (never when it is 0)."""
+        limit = self.cfg.train.max_minutes
+        return limit > 0 and self.elapsed >= 60 * limit
 
     def _save_due(self) -> bool:
         """A checkpoint between evaluations: every ``save_every`` steps, or ``save_minutes`` after the last."""
@@ -472,6 +494,7 @@ class Trainer:
             total_tokens=total_tokens,
             world_size=dist.world_size,
             scaler=self.scaler,
+            minutes=self.clock / 60,
         )
         nll = None if self.hooks.nll is None else sum(self.hooks.nll) / sum(b.num_target_tokens for b in mine)
         self.hooks.nll = None

@@ -247,6 +247,40 @@ def test_checkpoints_on_the_clock(tmp_path, tiny_overrides):
     assert kept_steps(tmp_path / "r") == list(range(1, 31))  # no evaluation before step 30: the clock saved them
 
 
+def test_a_time_budget_ends_the_run_as_finished_and_resume_can_extend_it(tmp_path, tiny_overrides):
+    over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))]
+    over += ["steps=30", "eval_every=30", "max_minutes=0.000001"]  # any step takes longer than 60 µs
+    messages: list[str] = []
+    summary = train(recipe("reverse"), tmp_path / "r", overrides=over, progress=False, log=messages.append)
+    assert summary["step"] == 1 and "exact_match" in summary  # a finished run: the final evaluation ran
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["step"] == 1
+    assert any("minutes of training reached at step 1" in m for m in messages)
+    assert [json.loads(x)["step"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == [1]
+    again = train(out=tmp_path / "r", resume=True, progress=False, log=lambda m: None)  # the budget is spent
+    assert again["step"] == 1
+    longer = train(out=tmp_path / "r", resume=True, overrides=["max_minutes=0"], progress=False, log=lambda m: None)
+    assert longer["step"] == 30
+
+
+def test_evaluations_on_the_clock(tmp_path, tiny_overrides):
+    over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))]
+    over += ["steps=6", "eval_every=100", "eval_minutes=0.000001"]  # an evaluation after every step
+    train(recipe("reverse"), tmp_path / "r", overrides=over, progress=False, log=lambda m: None)
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(a["elapsed_s"] <= b["elapsed_s"] for a, b in zip(rows, rows[1:], strict=False))
+
+
+def test_under_a_time_budget_the_cosine_schedule_ends_where_the_time_does():
+    cos = TrainConfig(schedule="cosine", warmup=10, lr=1e-3, min_lr=1e-4, steps=10_000, max_minutes=30)
+    # 110 steps in 10 of 30 minutes: at this pace the run ends at step 330, 100 of its 320 steps after warmup
+    expected = 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * 100 / 320))
+    assert lr_at(110, cos, 64, minutes=10) == pytest.approx(expected)
+    assert lr_at(330, cos, 64, minutes=30) == pytest.approx(1e-4)  # the time is up: min_lr
+    assert lr_at(5, cos, 64, minutes=1) == pytest.approx(5e-4)  # warmup is in steps
+    assert lr_at(110, cos, 64, minutes=0) == lr_at(110, TrainConfig(**{**vars(cos), "max_minutes": 0}), 64)
+
+
 def test_train_rows_and_plain_lines_every_log_every_steps(tmp_path, tiny_overrides):
     from qkv.api import load
 
