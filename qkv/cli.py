@@ -59,7 +59,8 @@ EXAMPLES = {
     "compare": """examples:
   qkv compare --quick --out runs/compare-quick          # every experiment at toy sizes, <= 10 minutes
   qkv compare --multi30k ../shared/data/multi30k --out runs/compare   # full sizes, translation on Multi30k
-  qkv compare --quick --only path_length,query_batch     # some experiments""",
+  qkv compare --quick --only path_length,query_batch     # some experiments
+  qkv compare --only translation --minutes 30 --multi30k ../shared/data/multi30k   # the families at equal time""",
     "average": """examples:
   qkv train multi30k … keep_last=5 save_every=100 --out runs/m30k
   qkv average runs/m30k --last 5 --out runs/m30k-avg5      # then translate/evaluate it as any run""",
@@ -346,6 +347,12 @@ def add_compare_arguments(cp: argparse.ArgumentParser) -> None:
         "--only", metavar="A,B", help=f"comma-separated experiments (default all): {', '.join(EXPERIMENTS)}"
     )
     cp.add_argument("--multi30k", type=Path, metavar="DIR", help="Multi30k directory for the translation experiment")
+    cp.add_argument(
+        "--minutes",
+        type=float,
+        metavar="M",
+        help="translation: train each family for M minutes (evaluation excluded) instead of the same steps",
+    )
     cp.add_argument("--out", type=Path, metavar="DIR", help="directory to write (default runs/compare-SIZES-TIME)")
 
 
@@ -767,7 +774,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     sizes = "quick" if a.quick else a.sizes
     only = tuple(x.strip() for x in a.only.split(",")) if a.only else None
     out = a.out or Path("runs") / f"compare-{sizes}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_comparison(out, sizes, multi30k=a.multi30k, only=only)
+    run_comparison(out, sizes, multi30k=a.multi30k, only=only, minutes=a.minutes)
     return 0
 
 

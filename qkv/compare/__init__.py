@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +73,14 @@ def run_comparison(
     *,
     multi30k: Path | str | None = None,
     only: tuple[str, ...] | None = None,
+    minutes: float | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the experiments (``only`` some of them) at ``sizes`` ("full", "quick", "smoke" or a
     :class:`CompareConfig`) and write ``results.json``, PNG plots and ``report.md`` into ``out``.
     ``multi30k`` is a directory with Multi30k's train/val/test_2016_flickr .de/.en files for
-    experiment g; without it g uses a built-in task. Returns the results."""
+    experiment g; without it g uses a built-in task. ``minutes`` gives each family of experiment g
+    that many training minutes instead of the same steps. Returns the results."""
     out = Path(out)
     if isinstance(sizes, str):
         if sizes not in SIZES:
@@ -90,6 +92,13 @@ def run_comparison(
     unknown = [e for e in chosen if e not in EXPERIMENTS]
     if unknown:
         raise QkvError(f"unknown experiment {unknown[0]!r}: choose from {', '.join(EXPERIMENTS)}")
+    for flag, value in (("--multi30k", multi30k), ("--minutes", minutes)):
+        if value is not None and "translation" not in chosen:
+            raise QkvError(f"{flag} is for the translation experiment: add translation to --only or drop {flag}")
+    if minutes is not None:
+        if not 0 < minutes < float("inf"):
+            raise QkvError(f"--minutes {shown(minutes)}: give the training minutes per family, a number > 0")
+        cfg = replace(cfg, translation_minutes=float(minutes))
     data = None if multi30k is None else _multi30k_dir(multi30k)
     if (out / "results.json").exists():
         raise QkvError(f"{out} already holds a comparison; choose another --out or remove it")

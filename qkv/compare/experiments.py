@@ -318,30 +318,57 @@ def _train_run(preset: str, overrides: list[str], out: Path, family: str | None 
     cfg = recipe(preset) if family is None else recipe(preset).with_family(family)
     summary = train(cfg, out, overrides=overrides, progress=False, log=lambda _msg: None)
     metrics = read_metrics(out)
-    curve = {key: [m.get(key) for m in metrics] for key in ("step", "elapsed_s", "train_loss", "valid_loss")}
+    keys = ("step", "elapsed_s", "train_loss", "valid_loss", "valid_bleu", "valid_exact_match")
+    curve = {key: [m.get(key) for m in metrics] for key in keys}
     return {"summary": summary, "curve": curve}
 
 
-def translation(cfg: CompareConfig, runs: Path, log: Callable[[str], None], data: Path | None) -> dict[str, Any]:
-    """g. The three families through ``qkv train`` with the same steps and batches (Multi30k when given)."""
-    if data is not None:
-        preset, steps = "multi30k", cfg.translation_steps
-        files = {
-            "train": ("train.de", "train.en"),
-            "valid": ("val.de", "val.en"),
-            "test": ("test_2016_flickr.de", "test_2016_flickr.en"),
-        }
-        task = [
-            f"task.{split}_{side}={data / name}"
-            for split, pair in files.items()
-            for side, name in zip(("src", "tgt"), pair, strict=True)
+def _multi30k_task(data: Path) -> list[str]:
+    """The task overrides that point the ``multi30k`` preset at a Multi30k directory."""
+    files = {
+        "train": ("train.de", "train.en"),
+        "valid": ("val.de", "val.en"),
+        "test": ("test_2016_flickr.de", "test_2016_flickr.en"),
+    }
+    return [
+        f"task.{split}_{side}={data / name}"
+        for split, pair in files.items()
+        for side, name in zip(("src", "tgt"), pair, strict=True)
+    ]
+
+
+def _budget(cfg: CompareConfig, steps: int) -> tuple[str, list[str]]:
+    """What each family gets: the same steps (warmup a sixth of them), or with ``translation_minutes``
+    the same training minutes (its recipe's schedule fitted to the time, ten evaluations on the clock)."""
+    minutes = cfg.translation_minutes
+    if minutes > 0:
+        return f"{minutes:g} training minutes", [
+            f"max_minutes={minutes}",
+            f"eval_minutes={minutes / 10}",
+            "steps=1000000",  # an upper bound the clock reaches first
+            "eval_every=1000000",
         ]
+    return f"{steps} steps", [f"steps={steps}", f"eval_every={steps}", f"warmup={max(1, steps // 6)}"]
+
+
+def translation(cfg: CompareConfig, runs: Path, log: Callable[[str], None], data: Path | None) -> dict[str, Any]:
+    """g. The three families through ``qkv train`` with the same batches and the same steps, or the same
+    training minutes (Multi30k when given); test BLEU greedy and with the beam of ``cfg.translation_beam``."""
+    if data is not None:
+        preset, steps, task = "multi30k", cfg.translation_steps, _multi30k_task(data)
     else:
         preset, steps, task = cfg.fallback_task, cfg.fallback_steps, []
+    budget, limits = _budget(cfg, steps)
     results = {}
     for family in TRANSLATION_FAMILIES:
-        log(f"  training the {family} family on {preset} for {steps} steps")
-        overrides = [*task, f"steps={steps}", f"eval_every={steps}", f"warmup={max(1, steps // 6)}"]
-        overrides += list(cfg.run_overrides)
-        results[family] = _train_run(preset, overrides, runs / f"translation-{family}", family)
-    return {"task": preset, "steps": steps, "runs": results}
+        log(f"  training the {family} family on {preset} for {budget}")
+        out = runs / f"translation-{family}"
+        results[family] = _train_run(preset, [*task, *limits, *cfg.run_overrides], out, family)
+        if cfg.translation_beam > 1:
+            from qkv.api import load
+
+            split = results[family]["summary"]["eval_split"]
+            beam = load(out).evaluate(split, beam=cfg.translation_beam)
+            results[family]["beam"] = {k: v for k, v in beam.items() if "signature" not in k}
+    minutes, beam = cfg.translation_minutes, cfg.translation_beam
+    return {"task": preset, "steps": steps, "minutes": minutes, "beam": beam, "runs": results}

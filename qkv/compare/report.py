@@ -177,25 +177,50 @@ def plot_heads(r: dict[str, Any], out: Path) -> dict[str, str]:
     return files
 
 
+def _translation_scores(r: dict[str, Any]) -> tuple[str, str, dict[str, float]]:
+    """(held-out split, score name, family -> score): BLEU on parallel text, else exact match in %."""
+    first = next(iter(r["runs"].values()))["summary"]
+    split = first.get("eval_split", "test")
+    if f"{split}_bleu" in first:
+        return split, "BLEU", {f: run["summary"][f"{split}_bleu"] for f, run in r["runs"].items()}
+    return split, "exact match (%)", {f: 100 * run["summary"]["exact_match"] for f, run in r["runs"].items()}
+
+
+def _budget_words(r: dict[str, Any]) -> str:
+    """'400 steps each' or '30 training minutes each'."""
+    return f"{r['minutes']:g} training minutes each" if r.get("minutes") else f"{r['steps']} steps each"
+
+
 def plot_translation(r: dict[str, Any], out: Path) -> dict[str, str]:
-    """The plot(s) of experiment translation; returns name -> file name."""
+    """The plot(s) of experiment translation: the held-out score per family, and (at equal time) the
+    validation score against training minutes; returns name -> file name."""
     files: dict[str, str] = {}
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    split, score, scores = _translation_scores(r)
     names = [RUN_LABELS[f] for f in r["runs"]]
-    summaries = [run["summary"] for run in r["runs"].values()]
-    split = summaries[0].get("eval_split", "test")
-    bleu = f"{split}_bleu" in summaries[0]
-    scores = [s[f"{split}_bleu"] if bleu else 100 * s["exact_match"] for s in summaries]
-    axes[0].bar(names, scores, color=["C0", "C1", "C2"])
-    axes[0].set_ylabel(f"{split} BLEU (greedy)" if bleu else f"{split} exact match (%)")
-    axes[1].bar(names, [s["train_minutes"] for s in summaries], color=["C0", "C1", "C2"])
-    axes[1].set_ylabel("training time (minutes)")
+    colors = ["C0", "C1", "C2"]
+    axes[0].bar(names, list(scores.values()), color=colors)
+    axes[0].set_ylabel(f"{split} {score} (greedy)")
+    axes[0].tick_params(axis="x", labelsize=8)
+    if r.get("minutes"):
+        key = "valid_bleu" if score == "BLEU" else "valid_exact_match"
+        scale = 1.0 if score == "BLEU" else 100.0
+        for (family, run), color in zip(r["runs"].items(), colors, strict=False):
+            c = run["curve"]
+            points = [(t / 60, scale * v) for t, v in zip(c["elapsed_s"], c[key], strict=True) if v is not None]
+            axes[1].plot(*zip(*points, strict=True), marker="o", color=color, label=RUN_LABELS[family])
+        axes[1].set_xlabel("training minutes")
+        axes[1].set_ylabel(f"valid {score} (greedy)")
+        axes[1].legend(fontsize=8)
+    else:
+        axes[1].bar(names, [run["summary"]["train_minutes"] for run in r["runs"].values()], color=colors)
+        axes[1].set_ylabel("training time (minutes)")
+        axes[1].tick_params(axis="x", labelsize=8)
     for ax in axes:
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"g. {r['task']}: {r['steps']} steps each, same batches")
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"g. {r['task']}: {_budget_words(r)}, same batches")
     files["translation"] = _save(fig, out / "g_translation.png")
     return files
 
@@ -382,29 +407,36 @@ def section_heads(r: dict[str, Any], files: dict[str, str]) -> list[str]:
 
 def section_translation(r: dict[str, Any], files: dict[str, str]) -> list[str]:
     """The report section of experiment translation (markdown lines)."""
+    split, score, _ = _translation_scores(r)
+    beam = r.get("beam", 1)
     rows = []
     for family, run in r["runs"].items():
         s = run["summary"]
-        split = s.get("eval_split", "test")
-        score = s.get(f"{split}_bleu")
+        beamed = run.get("beam", {})
+        value = s.get(f"{split}_bleu")
         rows.append(
             [
                 RUN_LABELS[family],
                 f"{s['parameters']:,}",
+                str(s["step"]),
                 _f(s["train_minutes"]),
                 _f(s.get(f"{split}_loss", float("nan")), 4),
-                _f(score) if score is not None else "",
+                _f(value) if value is not None else "",
+                _f(beamed["bleu"]) if "bleu" in beamed else "",
                 _f(s.get("exact_match", float("nan")), 3),
             ]
         )
+    heads = ["family", "parameters", "steps", "training minutes", f"{split} loss", "BLEU (greedy)"]
+    heads += [f"BLEU (beam {beam})", "exact match (greedy)"]
     return [
         "",
         "## g. Translation",
         "",
-        f"Task {r['task']}, {r['steps']} steps each with the same batches (`qkv train {r['task']} --family …`); "
-        "BLEU is greedy, cased sacreBLEU on the test split.",
+        f"Task {r['task']}, {_budget_words(r)} with the same batches (`qkv train {r['task']} --family …`); "
+        f"BLEU is cased sacreBLEU on the {split} split"
+        + (f"; the curve is the validation {score} (greedy) at each evaluation." if r.get("minutes") else "."),
         "",
-        _table(["family", "parameters", "training minutes", "test loss", "BLEU", "exact match"], rows),
+        _table(heads, rows),
         "",
         f"![translation]({files['translation']})",
     ]

@@ -49,6 +49,8 @@ class CompareConfig:
     heads_seeds: int = 3
     # g. translation: Multi30k when its directory is given, else a built-in task
     translation_steps: int = 400
+    translation_minutes: float = 0.0  # > 0: the same training minutes per family instead of the same steps
+    translation_beam: int = 5  # test BLEU with this beam too (1 = greedy only)
     fallback_task: str = "dates"
     fallback_steps: int = 600
     run_overrides: tuple[str, ...] = ()  # applied to every training run (d and g)
@@ -98,6 +100,7 @@ SIZES: dict[str, CompareConfig] = {
         heads_steps=3,
         heads_seeds=1,
         translation_steps=3,
+        translation_beam=2,
         fallback_task="reverse",
         fallback_steps=3,
         run_overrides=("d_model=32", "valid_size=16", "test_size=16"),

@@ -48,6 +48,23 @@ def test_smoke_run_writes_report_plots_and_results(smoke):
     assert main(["info", str(smoke / "runs" / "translation-rnn")]) == 0
 
 
+def test_the_families_at_equal_training_time(tmp_path):
+    out = tmp_path / "c"
+    assert (
+        main(["compare", "--sizes", "smoke", "--only", "translation", "--minutes", "0.00001", "--out", str(out)]) == 0
+    )
+    r = json.loads((out / "results.json").read_text())["translation"]
+    assert r["minutes"] == 0.00001 and set(r["runs"]) == {"transformer", "rnn", "cnn"}
+    for family, run in r["runs"].items():
+        config = json.loads((out / "runs" / f"translation-{family}" / "config.json").read_text())
+        assert config["train"]["max_minutes"] == 0.00001
+        assert run["summary"]["step"] == 1  # the clock ended it: any step takes longer than 0.6 ms
+        assert run["curve"]["step"] == [1] and run["curve"]["elapsed_s"][0] > 0
+        assert 0 <= run["beam"]["exact_match"] <= 1  # the test split again, with the beam
+    report = (out / "report.md").read_text()
+    assert "1e-05 training minutes each" in report and "BLEU (beam 2)" in report
+
+
 def test_path_lengths_are_measured_exactly():
     cfg = with_changes(SIZES["smoke"], path_lengths=(5, 9), kernels=(3, 5))
     rows = path_length(cfg)["rows"]
@@ -79,6 +96,9 @@ def test_unscaled_softmax_saturates_as_d_k_grows(tmp_path):
     [
         (["--only", "nonsense"], "unknown experiment"),
         (["--multi30k", "/nonexistent"], "lacks train.de"),
+        (["--minutes", "0"], "a number > 0"),
+        (["--minutes", "5", "--only", "query_batch"], "--minutes is for the translation experiment"),
+        (["--multi30k", "/nonexistent", "--only", "heads"], "--multi30k is for the translation experiment"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tmp_path, capsys, args, needle):
