@@ -647,13 +647,12 @@ def cmd_attention(a: argparse.Namespace) -> int:
     if not translation and a.beam != 1:
         raise QkvError(f"--beam decodes a translation; {run.path} is a {run.config.family} run: drop --beam")
     maps = run.attention(text, beam=a.beam) if translation else run.attention(text)
-    kind = a.kind or ("cross" if translation else "self")
+    kind = a.kind or maps.default_kind
     maps.check(kind, a.layer)
     stats = _chosen_stats(maps, a, kind) if a.stats else None
     path = None
     if a.output is not None:
-        layer = 0 if a.layer is None else a.layer
-        path = save_attention(maps, a.output, kind=kind, layer=layer, head=a.head, fmt=a.format, run=run)
+        path = save_attention(maps, a.output, kind=a.kind, layer=a.layer, head=a.head, fmt=a.format, run=run)
     print(f"{maps.source} -> {maps.output}", file=sys.stderr)
     if path is not None:
         print(f"qkv: wrote {path}", file=sys.stderr)

@@ -357,6 +357,9 @@ def test_json_lines_on_stdout_messages_on_stderr(tiny_run, tmp_path):
     res = qkv("attention", str(tiny_run), "-o", str(tmp_path / "m.json"), stdin="abc\n")  # the text from stdin
     assert res.returncode == 0 and res.stdout == "" and "wrote" in res.stderr
     assert json.loads((tmp_path / "m.json").read_text())["source"] == "abc"
+    res = qkv("attention", str(tiny_run), "abc", "-o", str(tmp_path / "e.json"), "--kind", "enc", "--layer", "1")
+    kinds = json.loads((tmp_path / "e.json").read_text())["kinds"]  # the file holds what the flags chose
+    assert res.returncode == 0 and list(kinds) == ["enc"] and kinds["enc"]["layers"] == [1]
     res = qkv("attention", str(tiny_run), "abc", "--stats")  # head statistics: JSON on stdout
     heads = json.loads(res.stdout)["heads"]
     assert res.returncode == 0 and {r["kind"] for r in heads} == {"enc", "dec", "cross"}

@@ -67,17 +67,35 @@ class AttentionMaps:
         if head is not None and not 0 <= head < heads:
             raise QkvError(f"head {head} does not exist: each layer has heads 0..{heads - 1}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: {'source', 'output', 'kinds': {kind: {'queries', 'keys', 'weights': [L][H][T][S]}}}."""
-        kinds = {
-            k: {
+    @property
+    def default_kind(self) -> str:
+        """The kind shown unless one is chosen: cross-attention where there is one, else self-attention."""
+        return "cross" if "cross" in self.maps else "self" if "self" in self.maps else self.kinds[0]
+
+    def to_dict(self, kind: str | None = None, layer: int | None = None, head: str = "all") -> dict[str, Any]:
+        """JSON-ready: {'source', 'output', 'kinds': {kind: {'queries', 'keys', 'layers', 'heads',
+        'weights': [layer][head][T][S]}}} — every map, or the ``kind``, ``layer`` and ``head`` (a number,
+        'mean' over the heads, or 'all') chosen; 'layers' and 'heads' say which are there."""
+        self.check(kind or self.default_kind, layer, int(head) if head.isdigit() else None)
+        kinds = {}
+        for k, ws in self.maps.items():
+            if kind is not None and k != kind:
+                continue
+            layers = list(range(len(ws))) if layer is None else [layer]
+            chosen = [ws[i][0] for i in layers]  # each (H, T, S)
+            heads: list[int | str] = list(range(chosen[0].size(0)))
+            if head == "mean":
+                chosen, heads = [w.mean(0, keepdim=True) for w in chosen], ["mean"]
+            elif head != "all":
+                chosen, heads = [w[int(head)][None] for w in chosen], [int(head)]
+            kinds[k] = {
                 "name": KINDS[k],
                 "queries": self.queries[k],
                 "keys": self.keys[k],
-                "weights": [[[[round(float(x), 5) for x in row] for row in h] for h in w[0]] for w in ws],
+                "layers": layers,
+                "heads": heads,
+                "weights": [[[[round(float(x), 5) for x in row] for row in h] for h in w] for w in chosen],
             }
-            for k, ws in self.maps.items()
-        }
         return {"source": self.source, "output": self.output, "kinds": kinds, **self.meta}
 
     def to_page(self) -> dict[str, Any]:

@@ -47,27 +47,28 @@ def save_attention(
     maps: AttentionMaps,
     path: str | Path,
     *,
-    kind: str,
-    layer: int = 0,
+    kind: str | None = None,
+    layer: int | None = None,
     head: str = "all",
     fmt: str | None = None,
     run: Any = None,
 ) -> Path:
-    """Write a heatmap grid of ``kind`` attention at ``layer`` for one head, the mean, or all heads; every
-    map as JSON; or (``html``, given the ``run``) the explorer's page of every map, self-contained."""
+    """Write a heatmap grid of ``kind`` attention (default: the maps' default kind) at ``layer`` (default 0)
+    for one head, the mean, or all heads; the maps as JSON (every map, or those ``kind``, ``layer`` and
+    ``head`` choose); or (``html``, given the ``run``) the explorer's page of every map, self-contained."""
     path = Path(path)
     fmt = fmt or path.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise QkvError(f"unknown format {shown(fmt)}: use --format png, svg, json or html (or a file ending in one)")
     if head not in ("all", "mean") and not head.isdigit():
         raise QkvError(f"--head must be a head number, 'mean' or 'all' (got {shown(head)})")
-    maps.check(kind, layer)
+    maps.check(kind or maps.default_kind, layer)
     if not path.parent.is_dir():
         raise QkvError(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
     if fmt == "json":
-        data = maps.to_dict()
-        path.write_text(json.dumps(data), encoding="utf-8")
+        path.write_text(json.dumps(maps.to_dict(kind, layer, head)), encoding="utf-8")
         return path
+    kind, layer = kind or maps.default_kind, layer or 0
     if fmt == "html":
         from qkv.viz.server import standalone_page
 

@@ -56,9 +56,23 @@ def test_save_png_svg_json(run, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = save_attention(maps, tmp_path / "a.svg", kind="enc", layer=1, head="mean")
     assert b"<svg" in svg.read_bytes()[:500]
-    data = json.loads(save_attention(maps, tmp_path / "a.json", kind="dec").read_text())
+    data = json.loads(save_attention(maps, tmp_path / "a.json").read_text())  # nothing chosen: every map
+    assert set(data["kinds"]) == set(maps.kinds)
     assert len(data["kinds"]["cross"]["weights"]) == run.config.model.decoder_layers
     assert data["kinds"]["enc"]["queries"] == ["a", "b", "c", "<eos>"]
+
+
+def test_json_holds_the_kind_layer_and_head_chosen(run, tmp_path):
+    maps = run.attention("abc")
+    one = json.loads(save_attention(maps, tmp_path / "a.json", kind="enc", layer=1, head="0").read_text())
+    enc = one["kinds"]["enc"]
+    assert set(one["kinds"]) == {"enc"} and enc["layers"] == [1] and enc["heads"] == [0]
+    torch.testing.assert_close(torch.tensor(enc["weights"][0][0]), maps.maps["enc"][1][0, 0], atol=1e-5, rtol=0)
+    mean = json.loads(save_attention(maps, tmp_path / "m.json", kind="cross", head="mean").read_text())
+    cross = mean["kinds"]["cross"]
+    assert cross["heads"] == ["mean"] and cross["layers"] == list(range(run.config.model.decoder_layers))
+    expected = maps.maps["cross"][0][0].mean(0)
+    torch.testing.assert_close(torch.tensor(cross["weights"][0][0]), expected, atol=1e-5, rtol=0)
 
 
 def test_clear_errors(run, tmp_path):
