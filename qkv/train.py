@@ -433,6 +433,7 @@ class Trainer:
             total=tc.steps,
             device=self.device,
             say=self.say,
+            budget_s=60 * tc.max_minutes,
         )
         t_start = time.perf_counter() - self.elapsed
         self._last_save = time.perf_counter()

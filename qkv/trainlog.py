@@ -51,8 +51,9 @@ class TrainLog:
         total: int,
         device: torch.device,
         say: Callable[[str], None],
+        budget_s: float = 0.0,
     ) -> None:
-        self.out, self.log_every, self.main, self.total = out, log_every, main, total
+        self.out, self.log_every, self.main, self.total, self.budget_s = out, log_every, main, total, budget_s
         self.device, self.say = device, say
         self.bar = None
         if main and progress and sys.stderr.isatty():
@@ -79,6 +80,8 @@ class TrainLog:
         seconds = max(time.perf_counter() - self._t, 1e-9)
         tps = self._tokens / seconds
         eta = (self.total - step) * seconds / max(step - self._step, 1)
+        if self.budget_s > 0:  # a time budget ends the run first when it is shorter
+            eta = min(eta, max(self.budget_s - elapsed, 0.0))
         row = {
             "kind": "train",
             "step": step,

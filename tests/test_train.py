@@ -262,6 +262,20 @@ def test_a_time_budget_ends_the_run_as_finished_and_resume_can_extend_it(tmp_pat
     assert longer["step"] == 30
 
 
+def test_the_plain_line_eta_is_the_time_budget_left_when_that_is_shorter(tmp_path):
+    from qkv.train import StepStats
+    from qkv.trainlog import TrainLog
+
+    lines: list[str] = []
+    common = {"log_every": 1, "tensorboard": False, "main": True, "progress": False, "step": 0}
+    log = TrainLog(tmp_path, **common, total=10**9, device=torch.device("cpu"), say=lines.append, budget_s=90.0)
+    log.step(1, StepStats(loss=1.0, tokens=10, lr=1e-3, grad_norm=1.0), elapsed=30.0, nll=None)
+    assert lines[-1].endswith("elapsed 0:30 | eta 1:00")  # by steps it would be ~10**9 step times
+    log = TrainLog(tmp_path, **common, total=10**9, device=torch.device("cpu"), say=lines.append)
+    log.step(1, StepStats(loss=1.0, tokens=10, lr=1e-3, grad_norm=1.0), elapsed=30.0, nll=None)
+    assert not lines[-1].endswith("eta 1:00")
+
+
 def test_evaluations_on_the_clock(tmp_path, tiny_overrides):
     over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))]
     over += ["steps=6", "eval_every=100", "eval_minutes=0.000001"]  # an evaluation after every step
