@@ -285,6 +285,12 @@ def test_evaluations_on_the_clock(tmp_path, tiny_overrides):
     assert all(a["elapsed_s"] <= b["elapsed_s"] for a, b in zip(rows, rows[1:], strict=False))
 
 
+@pytest.mark.parametrize("field", ["max_minutes", "eval_minutes"])
+def test_a_negative_time_is_refused_naming_the_field(field):
+    with pytest.raises(QkvError, match=rf"train\.{field}=-1.*must be >= 0"):
+        RunConfig().with_overrides([f"{field}=-1"])
+
+
 def test_under_a_time_budget_the_cosine_schedule_ends_where_the_time_does():
     cos = TrainConfig(schedule="cosine", warmup=10, lr=1e-3, min_lr=1e-4, steps=10_000, max_minutes=30)
     # 110 steps in 10 of 30 minutes: at this pace the run ends at step 330, 100 of its 320 steps after warmup

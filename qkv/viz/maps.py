@@ -75,7 +75,10 @@ class AttentionMaps:
     def to_dict(self, kind: str | None = None, layer: int | None = None, head: str = "all") -> dict[str, Any]:
         """JSON-ready: {'source', 'output', 'kinds': {kind: {'queries', 'keys', 'layers', 'heads',
         'weights': [layer][head][T][S]}}} — every map, or the ``kind``, ``layer`` and ``head`` (a number,
-        'mean' over the heads, or 'all') chosen; 'layers' and 'heads' say which are there."""
+        'mean' over the heads, or 'all') chosen, a layer or head of the default kind when no kind is given;
+        'layers' and 'heads' say which are there."""
+        if kind is None and (layer is not None or head != "all"):  # kinds differ in layers and heads
+            kind = self.default_kind
         self.check(kind or self.default_kind, layer, int(head) if head.isdigit() else None)
         kinds = {}
         for k, ws in self.maps.items():

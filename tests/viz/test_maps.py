@@ -68,6 +68,8 @@ def test_json_holds_the_kind_layer_and_head_chosen(run, tmp_path):
     enc = one["kinds"]["enc"]
     assert set(one["kinds"]) == {"enc"} and enc["layers"] == [1] and enc["heads"] == [0]
     torch.testing.assert_close(torch.tensor(enc["weights"][0][0]), maps.maps["enc"][1][0, 0], atol=1e-5, rtol=0)
+    layer_only = json.loads(save_attention(maps, tmp_path / "l.json", layer=0).read_text())["kinds"]
+    assert list(layer_only) == [maps.default_kind] and layer_only[maps.default_kind]["layers"] == [0]
     mean = json.loads(save_attention(maps, tmp_path / "m.json", kind="cross", head="mean").read_text())
     cross = mean["kinds"]["cross"]
     assert cross["heads"] == ["mean"] and cross["layers"] == list(range(run.config.model.decoder_layers))
