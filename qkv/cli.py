@@ -509,7 +509,10 @@ def report(run: Any, summary: dict[str, Any], out: Path) -> None:
         mark = "ok" if hyp == ref else f"expected {ref}"
         print(f"  {src}  ->  {hyp}   [{mark}]")
     if f"{split}_bleu" in summary:
-        score = f"BLEU {summary[f'{split}_bleu']:.2f} (greedy)"
+        greedy, d = summary[f"{split}_bleu"], run.config.decode
+        score = f"BLEU {greedy:.2f} (greedy)"
+        if d.beam > 1:  # also the run's own decoding, the one `qkv evaluate RUN` and `qkv translate RUN` use
+            score = f"BLEU {run.evaluate(split)['bleu']:.2f} (beam {d.beam}, alpha {d.alpha:g}; greedy {greedy:.2f})"
     else:
         score = f"exact match {summary['exact_match']:.4f}"
     print(f"{score} on {summary[f'{split}_examples']} held-out examples ({split}), {minutes}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,10 @@ def test_parallel_text_train_translate_evaluate(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "20 pairs (0 with an empty side" in res.stderr and "BLEU" in res.stdout
     assert (out / "src_tokenizer.json").exists()
+    # the closing score is also the run's own decoding (multi30k: beam 5, α 1.0), the one `evaluate` gives
+    score = re.search(r"BLEU ([0-9.]+) \(beam 5, alpha 1; greedy [0-9.]+\) on 20 held-out examples \(valid\)", res.stdout)
+    evaluated = json.loads(qkv("evaluate", str(out), "--split", "valid").stdout)
+    assert score and score[1] == f"{evaluated['bleu']:.2f}", res.stdout
     res = qkv("evaluate", str(out), "--src", str(f["valid.de"]), "--ref", str(f["valid.en"]), "--beam", "2")
     assert res.returncode == 0, res.stderr
     lines = res.stderr.splitlines()  # the scores with their signatures for people; JSON alone on stdout
