@@ -154,7 +154,8 @@ def test_parallel_text_train_translate_evaluate(tmp_path):
     assert "20 pairs (0 with an empty side" in res.stderr and "BLEU" in res.stdout
     assert (out / "src_tokenizer.json").exists()
     # the closing score is also the run's own decoding (multi30k: beam 5, α 1.0), the one `evaluate` gives
-    score = re.search(r"BLEU ([0-9.]+) \(beam 5, alpha 1; greedy [0-9.]+\) on 20 held-out examples \(valid\)", res.stdout)
+    closing = r"BLEU ([0-9.]+) \(beam 5, alpha 1; greedy [0-9.]+\) on 20 held-out examples \(valid\)"
+    score = re.search(closing, res.stdout)
     evaluated = json.loads(qkv("evaluate", str(out), "--split", "valid").stdout)
     assert score and score[1] == f"{evaluated['bleu']:.2f}", res.stdout
     res = qkv("evaluate", str(out), "--src", str(f["valid.de"]), "--ref", str(f["valid.en"]), "--beam", "2")
