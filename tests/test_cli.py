@@ -294,8 +294,12 @@ def test_prepare_then_train_from_the_store_and_resume(tmp_path):
     assert_user_error(again, "already exists and is not empty")
     tiny = ["d_model=32", "h=2", "N=1", "d_ff=64", "max_tokens=256", "--no-progress"]
     out = tmp_path / "r"
-    assert qkv("train", "multi30k", "--data", str(data), *tiny, "steps=3", "--out", str(out)).returncode == 0
+    res = qkv("train", "multi30k", "--data", str(data), *tiny, "steps=3", "--out", str(out))
+    assert res.returncode == 0, res.stderr
     assert not (out / "data").exists()  # the store is read where it is
+    size = json.loads((data / "manifest.json").read_text())["vocab_size"]["src"]
+    # the store's BPE is not the size the preset learns from files: said, not silently taken
+    assert f"has a vocabulary of {size:,} symbols, the recipe's task.vocab_size is 8,000" in res.stderr
     assert (
         json.loads((out / "trainer_state.json").read_text())["data"]["store"]
         == json.loads((data / "manifest.json").read_text())["sha256"]

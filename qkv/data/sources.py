@@ -115,11 +115,26 @@ class ParallelSource:
         self._given = tokenizers  # used to prepare the files; None: a BPE is learned from them
         if tokenizers is None:
             tokenizers = self.store().tokenizers  # type: ignore[assignment]
+            self._note_vocab_size()
         elif self._store is not None and [t.to_dict() for t in tokenizers] != [
             t.to_dict() for t in self._store.tokenizers
         ]:
             raise QkvError(f"the store {cfg.data} has other tokenizers than this run; use the store it was trained on")
         self.src_tok, self.tgt_tok = tokenizers  # type: ignore[misc]
+
+    def _note_vocab_size(self) -> None:
+        """Say so when a prepared store's vocabulary is not the size the recipe's ``task.vocab_size`` asks
+        for (that field acts only where the BPE is learned: ``qkv prepare --vocab-size``, or ``--train``)."""
+        if self._store is None:
+            return
+        sizes = set(self._store.manifest["vocab_size"].values())
+        if sizes != {self.cfg.vocab_size}:
+            found = " and ".join(f"{n:,}" for n in sorted(sizes))
+            self.log(
+                f"qkv: note: the store {self.cfg.data} has a vocabulary of {found} symbols, the recipe's "
+                f"task.vocab_size is {self.cfg.vocab_size:,} (qkv prepare --vocab-size {self.cfg.vocab_size} makes "
+                "the recipe's)"
+            )
 
     def store(self) -> TokenStore:
         """The training pairs as a token store: ``task.data``, or the one prepared from the files into
