@@ -12,7 +12,8 @@ Three paths compute the same thing (the third approximately):
 * the **int8 path**, after :func:`set_int8` (``qkv.load(..., quantize="int8")``, ``--quantize int8``): each
   row of W quantized to int8 with its own scale, the input quantized per call, fbgemm's int8 matrix
   product (``torch.ops.quantized.linear_dynamic``: PyTorch's dynamic quantization). A quarter of the
-  bytes per weight, for CPU inference that is bound by reading them.
+  bytes per weight, for CPU inference that is bound by reading them. On CPUs where that product would
+  saturate at full-range weights (AVX2 without VNNI), the weights take 7 bits (:func:`int8_weight_max`).
 
 The packed path uses two oneDNN operators that PyTorch registers for its own compiler
 (``torch.ops.mkldnn._reorder_linear_weight`` and ``_linear_pointwise``; private, so
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Linear", "packed_linear_available", "set_int8", "set_packing"]
+__all__ = ["Linear", "int8_weight_max", "packed_linear_available", "set_int8", "set_packing"]
 
 # oneDNN lays the packed weight out for an expected number of input rows. Measured on a 2-core AVX2
 # CPU over GPT-2 small's matrices: a hint of 16 rows is 5–10% faster than no hint at 1 and 8 rows
@@ -134,10 +135,29 @@ class Linear(nn.Linear):
         return state
 
 
+@functools.cache
+def int8_weight_max() -> int:
+    """The largest int8 weight magnitude fbgemm multiplies exactly here: 127, or 63 where its kernel adds
+    pairs of u8·s8 products in int16 (AVX2 CPUs without VNNI), which a full-range pair overflows
+    (255·127·2 > 32,767: the sum saturates). Measured once on the worst case, all 255 times all 127."""
+    with warnings.catch_warnings():  # quantized tensors are PyTorch's (deprecated) way into these kernels
+        warnings.simplefilter("ignore")
+        qw = torch.quantize_per_channel(
+            torch.ones(1, 64),
+            torch.tensor([1 / 127], dtype=torch.double),
+            torch.zeros(1, dtype=torch.long),
+            0,
+            torch.qint8,
+        )
+        y = torch.ops.quantized.linear_dynamic(torch.ones(1, 64), torch.ops.quantized.linear_prepack(qw, None), False)
+    return 127 if abs(y.item() - 64.0) < 0.5 else 63
+
+
 def _int8_pack(w: Tensor, bias: Tensor | None) -> Any:
-    """fbgemm's packed int8 weight: each row quantized symmetrically to int8 with its own scale."""
-    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
-    zero = torch.zeros(w.size(0), dtype=torch.long)
+    """fbgemm's packed int8 weight: each row quantized symmetrically, to ±int8_weight_max(), with its own
+    scale (activations keep all 8 bits: their one scale per call is what costs precision)."""
+    scales = (w.abs().amax(dim=1) / int8_weight_max()).clamp(min=1e-12).double()
+    zero = torch.zeros(w.size(0), dtype=torch.long, device=w.device)
     with warnings.catch_warnings():  # quantized tensors are PyTorch's (deprecated) way into these kernels
         warnings.simplefilter("ignore")
         qw = torch.quantize_per_channel(w.float(), scales, zero, 0, torch.qint8)

@@ -152,3 +152,18 @@ def test_int8_path_is_close_follows_the_weight_and_stays_off_gpus_and_autograd(f
     lin.to("cuda")
     with torch.no_grad():
         assert torch.equal(lin(x.to("cuda")).cpu(), F.linear(x, lin.weight.cpu(), lin.bias.cpu()))
+
+
+def test_int8_weight_max_keeps_the_worst_case_product_exact() -> None:
+    """Full-scale weights times full-scale activations (every u8 255, every s8 at the chosen maximum) come
+    out exact: the int16 pair sums of an AVX2 kernel without VNNI would saturate at 127, not at 63."""
+    from qkv.linear import int8_weight_max, set_int8
+
+    lin = Linear(64, 2, bias=False).eval()
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    set_int8(lin)
+    with torch.no_grad():
+        y = lin(torch.ones(3, 64))
+    assert int8_weight_max() in (63, 127)
+    torch.testing.assert_close(y, torch.full((3, 2), 64.0), rtol=0, atol=0.5)

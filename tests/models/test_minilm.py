@@ -31,6 +31,7 @@ SENTENCES = [
 def test_minilm_embeddings_match_sentence_transformers(tmp_path):
     import qkv
     from qkv.interop import convert_from_hf
+    from qkv.linear import int8_weight_max
 
     model_dir = minilm.get_model_path()
     run = qkv.load(convert_from_hf(model_dir, tmp_path / "minilm"))
@@ -43,5 +44,7 @@ def test_minilm_embeddings_match_sentence_transformers(tmp_path):
     torch.testing.assert_close(ours.norm(dim=-1), torch.ones(len(SENTENCES)))
     int8 = qkv.load(tmp_path / "minilm", device="cpu", quantize="int8").embed(SENTENCES, normalize=True)
     cosine8 = (int8 * theirs).sum(-1)
-    assert cosine8.min().item() >= 0.99 and not torch.equal(int8, ours), cosine8  # int8 weights: close, not equal
+    # int8 weights: close, not equal; 7-bit weights where fbgemm's int16 pair sums would saturate (AVX2, no VNNI)
+    floor = 0.99 if int8_weight_max() == 127 else 0.985
+    assert cosine8.min().item() >= floor and not torch.equal(int8, ours), cosine8
     print(f"int8 MiniLM: cosine to fp32 sentence-transformers min {cosine8.min():.5f} mean {cosine8.mean():.5f}")
