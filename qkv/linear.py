@@ -140,23 +140,16 @@ def int8_weight_max() -> int:
     """The largest int8 weight magnitude fbgemm multiplies exactly here: 127, or 63 where its kernel adds
     pairs of u8·s8 products in int16 (AVX2 CPUs without VNNI), which a full-range pair overflows
     (255·127·2 > 32,767: the sum saturates). Measured once on the worst case, all 255 times all 127."""
-    with warnings.catch_warnings():  # quantized tensors are PyTorch's (deprecated) way into these kernels
-        warnings.simplefilter("ignore")
-        qw = torch.quantize_per_channel(
-            torch.ones(1, 64),
-            torch.tensor([1 / 127], dtype=torch.double),
-            torch.zeros(1, dtype=torch.long),
-            0,
-            torch.qint8,
-        )
-        y = torch.ops.quantized.linear_dynamic(torch.ones(1, 64), torch.ops.quantized.linear_prepack(qw, None), False)
+    ones = torch.ones(1, 64, device="cpu")  # u8 255 after the per-call quantization; s8 127 for the weight
+    y = torch.ops.quantized.linear_dynamic(ones, _int8_pack(ones, None, 127), False)
     return 127 if abs(y.item() - 64.0) < 0.5 else 63
 
 
-def _int8_pack(w: Tensor, bias: Tensor | None) -> Any:
-    """fbgemm's packed int8 weight: each row quantized symmetrically, to ±int8_weight_max(), with its own
-    scale (activations keep all 8 bits: their one scale per call is what costs precision)."""
-    scales = (w.abs().amax(dim=1) / int8_weight_max()).clamp(min=1e-12).double()
+def _int8_pack(w: Tensor, bias: Tensor | None, qmax: int | None = None) -> Any:
+    """fbgemm's packed int8 weight: each row quantized symmetrically, to ±qmax (default
+    int8_weight_max()), with its own scale (activations keep all 8 bits: their one scale per call is what
+    costs precision)."""
+    scales = (w.abs().amax(dim=1) / (qmax or int8_weight_max())).clamp(min=1e-12).double()
     zero = torch.zeros(w.size(0), dtype=torch.long, device=w.device)
     with warnings.catch_warnings():  # quantized tensors are PyTorch's (deprecated) way into these kernels
         warnings.simplefilter("ignore")
