@@ -81,6 +81,7 @@ def open_page(p, url: str, requests: list[str] | None = None):
 
 def submit(page, text: str) -> None:
     """Type ``text``, press the button, and wait until the page has drawn the answer."""
+    page.wait_for_selector("#run:enabled")  # a request in flight (the example drawn on load) ends first
     n = page.evaluate("window.qkvRenders")
     page.fill("#text", text)
     page.click("#run")
