@@ -110,6 +110,8 @@ class Linear(nn.Linear):
             return y.view(*x.shape[:-1], stop - start)
         if fast and self.packing and x.dtype == self.weight.dtype == torch.float32 and packed_linear_available():
             return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(start, stop), bias, "none", [], "")
+        if start == 0 and stop == self.out_features:  # all rows: no slice, whose backward would copy the
+            return F.linear(x, self.weight, self.bias)  # gradient into a zero tensor of the weight's size
         return F.linear(x, self.weight[start:stop], bias)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -82,6 +82,32 @@ def test_autograd_uses_the_reference_path() -> None:
     assert lin._packed is None
 
 
+def _autograd_nodes(y: torch.Tensor) -> set[str]:
+    """Names of the autograd nodes behind ``y``."""
+    names, todo = set(), [y.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is not None:
+            names.add(type(fn).__name__)
+            todo += [f for f, _ in fn.next_functions]
+    return names
+
+
+def test_training_on_all_rows_uses_the_weight_itself() -> None:
+    """All rows train on the weight, not a slice of it, whose backward would copy the gradient into a zero
+    tensor of the weight's size every step; a block of rows (cross-attention's W^K, W^V) slices."""
+    lin = Linear(8, 12)
+    x = torch.randn(2, 3, 8, requires_grad=True)
+    assert not any(n.startswith("Slice") for n in _autograd_nodes(lin(x)))
+    assert any(n.startswith("Slice") for n in _autograd_nodes(lin.rows(x, 4, 12)))
+    lin(x).square().sum().backward()
+    ref = torch.nn.Linear(8, 12)
+    ref.load_state_dict(lin.state_dict())
+    x2 = x.detach().requires_grad_()
+    ref(x2).square().sum().backward()
+    assert torch.equal(lin.weight.grad, ref.weight.grad) and torch.equal(lin.bias.grad, ref.bias.grad)
+
+
 def test_the_capability_probe_leaves_the_global_rng_alone() -> None:
     packed_linear_available.cache_clear()
     state = torch.get_rng_state()
