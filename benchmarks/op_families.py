@@ -22,3 +22,19 @@ def shares(times: dict[str, float]) -> str:
     """'family 57%, …', largest first."""
     total = sum(times.values())
     return ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(times.items(), key=lambda kv: -kv[1]))
+
+
+TRAINING_FAMILIES = (  # operator families of a training step, first match wins
+    ("attention kernel", ("scaled_dot_product", "flash_attention", "efficient_attention")),
+    ("matrix products", ("mm", "addmm", "bmm", "matmul", "linear", "baddbmm")),
+    ("loss and softmax", ("softmax", "nll", "cross_entropy", "logsumexp")),
+    ("dropout and random numbers", ("dropout", "bernoulli", "random_", "rand", "uniform")),
+    ("layer norm", ("layer_norm",)),
+    ("optimizer", ("_foreach", "addcdiv", "addcmul", "lerp", "sqrt")),
+    ("copies and layout", ("copy_", "clone", "cat", "index", "contiguous", "gather", "scatter")),
+)
+
+
+def training_family(name: str) -> str:
+    """The family of an operator (its name without the namespace: ``addmm`` -> matrix products)."""
+    return next((f for f, keys in TRAINING_FAMILIES if any(k in name for k in keys)), "other element-wise")

@@ -14,6 +14,7 @@ of tokens/s (side by side, one machine):
 
     python benchmarks/shakespeare_reference.py --text ../shared/data/tinyshakespeare/input.txt \
         [--seed 0] [--init-std 0.02] [--qkv [compile=true]]
+    python benchmarks/shakespeare_reference.py --text … --profile 20  # where a step's time goes, both models
 """
 
 from __future__ import annotations
@@ -79,32 +80,85 @@ def lr_at(it: int) -> float:
     return 1e-4 + 0.5 * (1 + math.cos(math.pi * (it - 100) / (STEPS - 100))) * (1e-3 - 1e-4)
 
 
-def reference(text: str, seed: int, init_std: float) -> dict[str, float]:
-    """Train the reference once: minutes of training, tokens/s, and the whole-split validation loss."""
+def adamw(model: nn.Module) -> torch.optim.AdamW:
+    """AdamW with β2 0.99 and weight decay 0.1 on matrices and embeddings only."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    others = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, betas=(0.9, 0.99))
+
+
+def random_batch(train: Tensor) -> tuple[Tensor, Tensor]:
+    """BATCH windows of CONTEXT tokens at random places and the same windows one token on: (B, T) each."""
+    starts = torch.randint(len(train) - CONTEXT, (BATCH,)).tolist()
+    x = torch.stack([train[s : s + CONTEXT] for s in starts])
+    return x, torch.stack([train[s + 1 : s + 1 + CONTEXT] for s in starts])
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
+    """Forward, cross-entropy, backward, clipping at 1.0, the optimizer's step."""
+    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+def encode(text: str) -> tuple[int, Tensor, Tensor]:
+    """The vocabulary size and the first 90% / last 10% of the text as character ids."""
     chars = sorted(set(text))
     index = {c: i for i, c in enumerate(chars)}
     data = torch.tensor([index[c] for c in text])
     n = int(0.9 * len(data))
-    train, valid = data[:n], data[n:]
+    return len(chars), data[:n], data[n:]
+
+
+def profile(text: str, steps: int) -> None:
+    """Operator time of a training step by family, the reference's model against qkv's at this configuration
+    (the same batches and the same plain loop), and the speed-up bound the reference's matrix products and
+    attention kernel leave to any implementation that runs them as fast."""
+    import dataclasses
+    import sys
+    from pathlib import Path
+
+    from torch.profiler import profile as torch_profile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from op_families import family_times, shares, training_family
+
+    from qkv.models.gpt import GPT
+    from qkv.recipes import recipe
+
+    vocab, train, _ = encode(text)
+    torch.manual_seed(0)
+    batches = [random_batch(train) for _ in range(steps + 3)]
+    cfg = dataclasses.replace(recipe("shakespeare-char").model, vocab_size=vocab)
+    for name, model in (("reference", TinyGPT(vocab, 0.056)), ("qkv", GPT(cfg))):
+        opt = adamw(model)
+        for batch in batches[:3]:
+            train_step(model, opt, *batch)
+        with torch_profile() as prof:
+            for batch in batches[3:]:
+                train_step(model, opt, *batch)
+        times = family_times(prof, training_family)
+        total = sum(times.values())
+        print(f"profile, {name} ({steps} steps, {total / steps / 1e3:.1f} ms of operators a step): {shares(times)}")
+        if name == "reference":
+            kernels = times.get("matrix products", 0.0) + times.get("attention kernel", 0.0)
+            print(f"  bound: {total / kernels:.2f}x the reference with every other operator free")
+
+
+def reference(text: str, seed: int, init_std: float) -> dict[str, float]:
+    """Train the reference once: minutes of training, tokens/s, and the whole-split validation loss."""
+    vocab, train, valid = encode(text)
     torch.manual_seed(seed)
-    model = TinyGPT(len(chars), init_std)
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    others = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}], betas=(0.9, 0.99)
-    )
+    model = TinyGPT(vocab, init_std)
+    opt = adamw(model)
     t0 = time.perf_counter()
     for it in range(STEPS):
         for g in opt.param_groups:
             g["lr"] = lr_at(it)
-        starts = torch.randint(len(train) - CONTEXT, (BATCH,)).tolist()
-        x = torch.stack([train[s : s + CONTEXT] for s in starts])
-        y = torch.stack([train[s + 1 : s + 1 + CONTEXT] for s in starts])
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        train_step(model, opt, *random_batch(train))
     seconds = time.perf_counter() - t0
     model.eval()
     windows = (len(valid) - 1) // CONTEXT
@@ -155,11 +209,15 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="also train `qkv train shakespeare-char` (with these overrides, e.g. compile=true) and compare",
     )
+    p.add_argument("--profile", type=int, metavar="STEPS", help="only profile STEPS training steps of each model")
     a = p.parse_args()
     text = open(a.text, encoding="utf-8").read()
     from qkv.env import summary_line
 
     print(summary_line())
+    if a.profile:
+        profile(text, a.profile)
+        return
     ref = reference(text, a.seed, a.init_std)
     print(f"reference (seed {a.seed}, init_std {a.init_std}): {ref}", flush=True)
     if a.qkv is not None:

@@ -87,25 +87,9 @@ def compare(cfg: TransformerConfig, batches, ref_dropout: float, warmup: int = 3
     return tokens / times[0], tokens / times[1]
 
 
-FAMILIES = (  # operator families of a training step, first match wins
-    ("attention kernel", ("scaled_dot_product", "flash_attention", "efficient_attention")),
-    ("matrix products", ("mm", "addmm", "bmm", "matmul", "linear", "baddbmm")),
-    ("loss and softmax", ("softmax", "nll", "cross_entropy", "logsumexp")),
-    ("dropout and random numbers", ("dropout", "bernoulli", "random_", "rand", "uniform")),
-    ("layer norm", ("layer_norm",)),
-    ("optimizer", ("_foreach", "addcdiv", "addcmul", "lerp", "sqrt")),
-    ("copies and layout", ("copy_", "clone", "cat", "index", "contiguous", "gather", "scatter")),
-)
-
-
-def family_of(name: str) -> str:
-    """The family of an operator (its name without the namespace: ``addmm`` -> matrix products)."""
-    return next((f for f, keys in FAMILIES if any(k in name for k in keys)), "other element-wise")
-
-
 def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float) -> None:
     """Each side's share of operator time by family, over the same few training steps (after warm-up)."""
-    from op_families import family_times, shares  # beside this script
+    from op_families import family_times, shares, training_family  # beside this script
     from torch.profiler import profile
 
     torch.manual_seed(0)
@@ -117,7 +101,7 @@ def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float) -> None:
         with profile() as prof:
             for batch in batches[2:6]:
                 step(model, opt, batch)
-        times = family_times(prof, family_of)
+        times = family_times(prof, training_family)
         print(f"profile, {name} (4 steps, {sum(times.values()) / 4e3:.0f} ms of operators a step): {shares(times)}")
 
 
