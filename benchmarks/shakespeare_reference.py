@@ -14,7 +14,7 @@ of tokens/s (side by side, one machine):
 
     python benchmarks/shakespeare_reference.py --text ../shared/data/tinyshakespeare/input.txt \
         [--seed 0] [--init-std 0.02] [--qkv [compile=true]]
-    python benchmarks/shakespeare_reference.py --text … --profile 20  # where a step's time goes, both models
+    python benchmarks/shakespeare_reference.py --text … [--init-std S] --profile 20  # where a step's time goes
 """
 
 from __future__ import annotations
@@ -113,27 +113,23 @@ def encode(text: str) -> tuple[int, Tensor, Tensor]:
     return len(chars), data[:n], data[n:]
 
 
-def profile(text: str, steps: int) -> None:
+def profile(text: str, steps: int, seed: int, init_std: float) -> None:
     """Operator time of a training step by family, the reference's model against qkv's at this configuration
     (the same batches and the same plain loop), and the speed-up bound the reference's matrix products and
     attention kernel leave to any implementation that runs them as fast."""
     import dataclasses
-    import sys
-    from pathlib import Path
 
+    from op_families import family_times, shares, training_family  # beside this script
     from torch.profiler import profile as torch_profile
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from op_families import family_times, shares, training_family
 
     from qkv.models.gpt import GPT
     from qkv.recipes import recipe
 
     vocab, train, _ = encode(text)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     batches = [random_batch(train) for _ in range(steps + 3)]
-    cfg = dataclasses.replace(recipe("shakespeare-char").model, vocab_size=vocab)
-    for name, model in (("reference", TinyGPT(vocab, 0.056)), ("qkv", GPT(cfg))):
+    cfg = dataclasses.replace(recipe("shakespeare-char").model, vocab_size=vocab, init_std=init_std)
+    for name, model in (("reference", TinyGPT(vocab, init_std)), ("qkv", GPT(cfg))):
         opt = adamw(model)
         for batch in batches[:3]:
             train_step(model, opt, *batch)
@@ -211,12 +207,14 @@ def main() -> None:
     )
     p.add_argument("--profile", type=int, metavar="STEPS", help="only profile STEPS training steps of each model")
     a = p.parse_args()
+    if a.profile is not None and (a.profile < 1 or a.qkv is not None):
+        p.error("--profile takes a number of steps >= 1, and profiles the recipe as it is (without --qkv)")
     text = open(a.text, encoding="utf-8").read()
     from qkv.env import summary_line
 
     print(summary_line())
-    if a.profile:
-        profile(text, a.profile)
+    if a.profile is not None:
+        profile(text, a.profile, a.seed, a.init_std)
         return
     ref = reference(text, a.seed, a.init_std)
     print(f"reference (seed {a.seed}, init_std {a.init_std}): {ref}", flush=True)

@@ -102,7 +102,10 @@ class Linear(nn.Linear):
     def rows(self, x: Tensor, start: int, stop: int) -> Tensor:
         """x (..., in_features) -> (..., stop - start): only output rows start..stop-1 of the map (e.g. the
         W^K, W^V block of a fused attention projection)."""
-        bias = None if self.bias is None else self.bias[start:stop]
+        weight, bias = self.weight, self.bias
+        if (start, stop) != (0, self.out_features):  # a block: slices (all rows train on the parameters
+            weight = weight[start:stop]  # themselves; a slice's backward writes a weight-sized zero tensor)
+            bias = None if bias is None else bias[start:stop]
         fast = not torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_compiling()
         if fast and self.int8 and x.dtype == torch.float32:
             flat = x.reshape(-1, x.size(-1))  # (N, in_features)
@@ -110,9 +113,7 @@ class Linear(nn.Linear):
             return y.view(*x.shape[:-1], stop - start)
         if fast and self.packing and x.dtype == self.weight.dtype == torch.float32 and packed_linear_available():
             return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(start, stop), bias, "none", [], "")
-        if start == 0 and stop == self.out_features:  # all rows: no slice, whose backward would copy the
-            return F.linear(x, self.weight, self.bias)  # gradient into a zero tensor of the weight's size
-        return F.linear(x, self.weight[start:stop], bias)
+        return F.linear(x, weight, bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (..., in_features) -> (..., out_features)."""
