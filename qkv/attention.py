@@ -248,7 +248,6 @@ class KVCache:
         self.length = 0
         self._k: Tensor | None = None  # (B, H, capacity, D)
         self._v: Tensor | None = None
-        self._spare: tuple[Tensor, Tensor] | None = None  # the second K/V buffers reorder gathers into
 
     @property
     def filled(self) -> bool:
@@ -280,7 +279,7 @@ class KVCache:
         if self._k is not None:
             new_k[:, :, : self.length] = self.k
             new_v[:, :, : self.length] = self.v
-        self._k, self._v, self._spare = new_k, new_v, None
+        self._k, self._v = new_k, new_v
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add K/V of new positions (B, H, T_new, D); returns all cached K/V so far."""
@@ -295,26 +294,20 @@ class KVCache:
 
     def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
         """Keep batch rows ``index`` (beam search re-ranking or dropping finished rows). A growing cache
-        gathers only its filled positions (beam search re-ranks every step: copying the whole preallocated
-        capacity each time dominated beam decoding), in one copy into a second buffer of the same
-        capacity that it then swaps with the first (allocated at the first reorder, so caches that are
-        never reordered, as in greedy decoding, hold one). ``same_memory``: the caller guarantees each
-        row takes a row computed from the same memory (beam search re-ranks the beams of one source, whose
-        memory rows are copies), so a static (cross-attention) cache, which holds only the memory's K/V,
-        stays as it is."""
+        that keeps its number of rows moves only its filled positions, within its buffers (beam search
+        re-ranks every step: copying the whole preallocated capacity each time dominated beam decoding).
+        ``same_memory``: the caller guarantees each row takes a row computed from the same memory (beam
+        search re-ranks the beams of one source, whose memory rows are copies), so a static
+        (cross-attention) cache, which holds only the memory's K/V, stays as it is."""
         if self._k is None or self._v is None or (self.static and same_memory):
             return
-        if self.static or self._k.requires_grad:  # (autograd cannot record a gather into a buffer)
-            self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
+        if not self.static and index.numel() == self._k.size(0):
+            n = self.length
+            self._k[:, :, :n] = self._k[:, :, :n].index_select(0, index)
+            self._v[:, :, :n] = self._v[:, :, :n].index_select(0, index)
             return
-        rows, n = index.numel(), self.length
-        if self._spare is None or self._spare[0].size(0) < rows:
-            self._spare = (self._k.new_empty(rows, *self._k.shape[1:]), self._v.new_empty(rows, *self._v.shape[1:]))
-        out_k, out_v = self._spare[0][:rows], self._spare[1][:rows]  # (B', H, capacity, D)
-        torch.index_select(self._k[:, :, :n], 0, index, out=out_k[:, :, :n])
-        torch.index_select(self._v[:, :, :n], 0, index, out=out_v[:, :, :n])
-        self._spare = (self._k, self._v)
-        self._k, self._v = out_k, out_v
+        self._k = self._k.index_select(0, index)
+        self._v = self._v.index_select(0, index)
 
 
 class MultiHeadAttention(nn.Module):
