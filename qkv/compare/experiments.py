@@ -355,7 +355,8 @@ def translation(cfg: CompareConfig, runs: Path, log: Callable[[str], None], data
     """g. The three families through ``qkv train`` with the same batches and the same steps, or the same
     training minutes (Multi30k when given); test BLEU greedy and with the beam of ``cfg.translation_beam``."""
     if data is not None:
-        preset, steps, task = "multi30k", cfg.translation_steps, _multi30k_task(data)
+        preset = cfg.translation_timed_preset if cfg.translation_minutes > 0 else cfg.translation_preset
+        steps, task = cfg.translation_steps, _multi30k_task(data)
     else:
         preset, steps, task = cfg.fallback_task, cfg.fallback_steps, []
     budget, limits = _budget(cfg, steps)

@@ -48,6 +48,10 @@ class CompareConfig:
     heads_steps: int = 1500
     heads_seeds: int = 3
     # g. translation: Multi30k when its directory is given, else a built-in task
+    translation_preset: str = "multi30k"  # the recipe on Multi30k at the same steps
+    # ... and at the same training minutes: the half-hour recipe, the best of each family on validation at
+    # 30 minutes (batches of 1,536 against 4,096 tokens; the README's comparison)
+    translation_timed_preset: str = "multi30k-30min"
     translation_steps: int = 400
     translation_minutes: float = 0.0  # > 0: the same training minutes per family instead of the same steps
     translation_beam: int = 5  # test BLEU with this beam too (1 = greedy only)

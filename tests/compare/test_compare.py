@@ -65,6 +65,35 @@ def test_the_families_at_equal_training_time(tmp_path):
     assert "1e-05 training minutes each" in report and "BLEU (beam 2)" in report
 
 
+def _fake_multi30k(root):
+    """A directory laid out like Multi30k's (train, val, test_2016_flickr; .de and .en), a few pairs each."""
+    words = ["ein", "hund", "eine", "katze", "läuft", "schläft", "im", "park", "haus", "rot"]
+    english = ["a", "dog", "a", "cat", "runs", "sleeps", "in", "park", "house", "red"]
+    for split, n in (("train", 40), ("val", 8), ("test_2016_flickr", 8)):
+        rows = [[(i * 7 + j * 3) % len(words) for j in range(3 + i % 4)] for i in range(n)]
+        (root / f"{split}.de").write_text("".join(" ".join(words[w] for w in r) + "\n" for r in rows))
+        (root / f"{split}.en").write_text("".join(" ".join(english[w] for w in r) + "\n" for r in rows))
+    return root
+
+
+@pytest.mark.parametrize("minutes", [None, 0.00001])
+def test_multi30k_uses_the_half_hour_recipe_at_equal_time(tmp_path, minutes):
+    # at the same steps the `multi30k` recipe; at the same minutes the recipe selected for a time budget
+    from qkv.recipes import recipe
+
+    cfg = with_changes(SIZES["smoke"], translation_steps=1, translation_beam=1, run_overrides=("d_model=32",))
+    r = run_comparison(
+        tmp_path / "c", cfg, multi30k=_fake_multi30k(tmp_path), only=("translation",), minutes=minutes, log=print
+    )["translation"]
+    preset = cfg.translation_preset if minutes is None else cfg.translation_timed_preset
+    assert r["task"] == preset and set(r["runs"]) == {"transformer", "rnn", "cnn"}
+    for family in r["runs"]:
+        config = json.loads((tmp_path / "c" / "runs" / f"translation-{family}" / "config.json").read_text())
+        assert config["family"] == family
+        assert config["train"]["max_tokens"] == recipe(preset).train.max_tokens
+    assert recipe(cfg.translation_preset).train.max_tokens != recipe(cfg.translation_timed_preset).train.max_tokens
+
+
 def test_path_lengths_are_measured_exactly():
     cfg = with_changes(SIZES["smoke"], path_lengths=(5, 9), kernels=(3, 5))
     rows = path_length(cfg)["rows"]
