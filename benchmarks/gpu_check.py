@@ -9,7 +9,10 @@
 5. which scaled-dot-product-attention kernel ran (CUDA kernel names from the profiler);
 6. decoding the Multi30k test set with a trained run: sentences/s and BLEU, greedy and beam 5, fp32 and bf16;
 7. the bf16 ``multi30k`` training sections again with cuDNN's attention kernel let back in (torch's own
-   choice on recent GPUs, which :mod:`qkv.attention` leaves out): the A/B behind that rule.
+   choice on recent GPUs, which :mod:`qkv.attention` leaves out): the A/B behind that rule;
+8. the comparison's timings on the GPU (``qkv compare`` a. one layer per family forward+backward against
+   n, e. one query at a time against the query batch): the seed's parallelism claim where there are
+   parallel units.
 
 Each section is timed and guarded: one that fails records its error and the next runs. ``--quick
 --device cpu`` runs every section at toy sizes on the CPU, to check the script before a GPU is lent.
@@ -226,6 +229,15 @@ def decode(run: Path, src: Path, ref: Path, device: torch.device) -> dict[str, A
     return out
 
 
+def compare_timings(device: torch.device, quick: bool) -> dict[str, Any]:
+    """Experiments a (parallelism) and e (query batch) of ``qkv compare`` on ``device``."""
+    from qkv.compare import SIZES
+    from qkv.compare.experiments import parallelism, query_batch
+
+    cfg = SIZES["smoke" if quick else "full"]
+    return {"parallelism": parallelism(cfg, device), "query_batch": query_batch(cfg, device)}
+
+
 def main() -> None:
     """Run every section, saving the JSON after each."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -256,6 +268,7 @@ def main() -> None:
     sections: list[tuple[str, Callable[[], Any]]] = [
         ("tests", gpu_tests),
         ("matmul", lambda: matmul_rate(device, n)),
+        ("compare_timings", lambda: compare_timings(device, a.quick)),
         ("multi30k_fp32", lambda: train_multi30k(a.store, a.work, device, "fp32", False, steps)),
         ("multi30k_bf16", lambda: train_multi30k(a.store, a.work, device, "bf16", False, steps)),
         ("sdpa", lambda: sdpa_kernels(a.run, device)),

@@ -60,7 +60,8 @@ EXAMPLES = {
   qkv compare --quick --out runs/compare-quick          # every experiment at toy sizes, <= 10 minutes
   qkv compare --multi30k ../shared/data/multi30k --out runs/compare   # full sizes, translation on Multi30k
   qkv compare --quick --only path_length,query_batch     # some experiments
-  qkv compare --only translation --minutes 30 --multi30k ../shared/data/multi30k   # the families at equal time""",
+  qkv compare --only translation --minutes 30 --multi30k ../shared/data/multi30k   # the families at equal time
+  qkv compare --only parallelism,query_batch --device cuda   # the timings on a GPU""",
     "average": """examples:
   qkv train multi30k … keep_last=5 save_every=100 --out runs/m30k
   qkv average runs/m30k --last 5 --out runs/m30k-avg5      # then translate/evaluate it as any run""",
@@ -353,6 +354,13 @@ def add_compare_arguments(cp: argparse.ArgumentParser) -> None:
         metavar="M",
         help="translation: train each family for M minutes (evaluation excluded) instead of the same steps "
         "(on Multi30k with the multi30k-30min recipe)",
+    )
+    cp.add_argument(
+        "--device",
+        metavar="DEVICE",
+        default="auto",
+        help="auto, cpu, cuda, cuda:N or mps: where the experiments time and train (default auto: a GPU when "
+        "there is one); path_length's exact derivatives and scaling's statistics at init run on the CPU",
     )
     cp.add_argument("--out", type=Path, metavar="DIR", help="directory to write (default runs/compare-SIZES-TIME)")
 
@@ -777,7 +785,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     sizes = "quick" if a.quick else a.sizes
     only = tuple(x.strip() for x in a.only.split(",")) if a.only else None
     out = a.out or Path("runs") / f"compare-{sizes}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_comparison(out, sizes, multi30k=a.multi30k, only=only, minutes=a.minutes)
+    run_comparison(out, sizes, multi30k=a.multi30k, only=only, minutes=a.minutes, device=a.device)
     return 0
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "grad_scaler",
     "resolve_device",
     "resolve_precision",
+    "synchronize",
 ]
 
 DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
@@ -94,6 +95,15 @@ def resolve_device(name: str, local_rank: int = 0, *, flag: str = "--device") ->
     if name == "mps" and not _mps_available():
         raise QkvError(f"{flag} mps: this torch sees no Apple GPU (MPS); use --device cpu")
     return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the work queued on ``device`` is done (GPUs run asynchronously), so that a clock read
+    after it measures the work; the CPU has nothing to wait for."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 @functools.cache

@@ -13,8 +13,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from qkv.compare import experiments, report
 from qkv.compare.sizes import SIZES, CompareConfig
+from qkv.devices import resolve_device
 from qkv.env import summary_line
 from qkv.errors import QkvError, shown
 
@@ -24,12 +27,13 @@ __all__ = ["EXPERIMENTS", "SIZES", "CompareConfig", "Experiment", "Workspace", "
 @dataclass(frozen=True)
 class Workspace:
     """What an experiment may use: the sizes, a directory for its training runs, a log, the Multi30k
-    directory (or None)."""
+    directory (or None), the device to time and train on."""
 
     cfg: CompareConfig
     runs: Path
     log: Callable[[str], None]
     data: Path | None
+    device: torch.device
 
 
 @dataclass(frozen=True)
@@ -44,23 +48,23 @@ class Experiment:
 
 EXPERIMENTS: dict[str, Experiment] = {
     "parallelism": Experiment(
-        lambda w: experiments.parallelism(w.cfg), report.plot_parallelism, report.section_parallelism
+        lambda w: experiments.parallelism(w.cfg, w.device), report.plot_parallelism, report.section_parallelism
     ),
     "path_length": Experiment(
         lambda w: experiments.path_length(w.cfg), report.plot_path_length, report.section_path_length
     ),
     "long_range": Experiment(
-        lambda w: experiments.long_range(w.cfg), report.plot_long_range, report.section_long_range
+        lambda w: experiments.long_range(w.cfg, w.device), report.plot_long_range, report.section_long_range
     ),
     "scaling": Experiment(
-        lambda w: experiments.scaling(w.cfg, w.runs, w.log), report.plot_scaling, report.section_scaling
+        lambda w: experiments.scaling(w.cfg, w.runs, w.log, w.device), report.plot_scaling, report.section_scaling
     ),
     "query_batch": Experiment(
-        lambda w: experiments.query_batch(w.cfg), report.plot_query_batch, report.section_query_batch
+        lambda w: experiments.query_batch(w.cfg, w.device), report.plot_query_batch, report.section_query_batch
     ),
-    "heads": Experiment(lambda w: experiments.heads(w.cfg), report.plot_heads, report.section_heads),
+    "heads": Experiment(lambda w: experiments.heads(w.cfg, w.device), report.plot_heads, report.section_heads),
     "translation": Experiment(
-        lambda w: experiments.translation(w.cfg, w.runs, w.log, w.data),
+        lambda w: experiments.translation(w.cfg, w.runs, w.log, w.data, w.device),
         report.plot_translation,
         report.section_translation,
     ),
@@ -74,13 +78,15 @@ def run_comparison(
     multi30k: Path | str | None = None,
     only: tuple[str, ...] | None = None,
     minutes: float | None = None,
+    device: str = "auto",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the experiments (``only`` some of them) at ``sizes`` ("full", "quick", "smoke" or a
     :class:`CompareConfig`) and write ``results.json``, PNG plots and ``report.md`` into ``out``.
     ``multi30k`` is a directory with Multi30k's train/val/test_2016_flickr .de/.en files for
     experiment g; without it g uses a built-in task. ``minutes`` gives each family of experiment g
-    that many training minutes instead of the same steps. Returns the results."""
+    that many training minutes instead of the same steps. ``device`` (auto = a GPU when there is one)
+    is where the experiments time and train (:mod:`qkv.compare.experiments`). Returns the results."""
     out = Path(out)
     if isinstance(sizes, str):
         if sizes not in SIZES:
@@ -100,14 +106,16 @@ def run_comparison(
             raise QkvError(f"--minutes {shown(minutes)}: give the training minutes per family, a number > 0")
         cfg = replace(cfg, translation_minutes=float(minutes))
     data = None if multi30k is None else _multi30k_dir(multi30k)
+    where = resolve_device(device)
     if (out / "results.json").exists():
         raise QkvError(f"{out} already holds a comparison; choose another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
-    workspace = Workspace(cfg, out / "runs", log, data)
+    workspace = Workspace(cfg, out / "runs", log, data, where)
     results: dict[str, Any] = {
         "sizes_name": name,
         "sizes": _jsonable(cfg),
         "environment": summary_line(),
+        "device": _device_line(where),
         "minutes": {},
     }
     start = time.perf_counter()
@@ -123,6 +131,13 @@ def run_comparison(
     path = report.write_report(results, files, out, {k: e.section for k, e in EXPERIMENTS.items()})
     log(f"qkv compare: wrote {path}, {len(files)} plots and {out / 'results.json'}")
     return results
+
+
+def _device_line(device: torch.device) -> str:
+    """The device the experiments ran on, in words: the CPU, or the GPU's name."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 def _multi30k_dir(multi30k: Path | str) -> Path:

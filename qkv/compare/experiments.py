@@ -7,6 +7,10 @@ d ``scaling``      softmax entropy, saturation and gradient at init against d_k;
 e ``query_batch``  one query at a time against all queries as one matrix product
 f ``heads``        one head against several at equal d_model, on a task with two relations
 g ``translation``  the three families through ``qkv train`` under the same step and token budget
+
+Timings, probe trainings and ``qkv train`` runs use the device the comparison is given; the exact
+computations (b, and d's statistics at initialisation, in float64 / float32) run on the CPU, where
+their results do not depend on the hardware.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from qkv.attention import attention_per_query, attention_reference, scaled_dot_p
 from qkv.checkpoint import read_metrics
 from qkv.compare.probes import FAMILIES, ProbeModel, probe_layer, seeded
 from qkv.compare.sizes import CompareConfig
+from qkv.devices import synchronize
 from qkv.families import TRANSLATION_FAMILIES
 from qkv.models import count_parameters
 
@@ -40,14 +45,19 @@ __all__ = [
     "translation",
 ]
 
+_CPU = torch.device("cpu")
 
-def median_ms(fn: Callable[..., Any], repeats: int, *args: Any) -> float:
-    """Median wall time of ``fn(*args)`` in milliseconds, after one warm-up call."""
+
+def median_ms(fn: Callable[..., Any], repeats: int, *args: Any, device: torch.device = _CPU) -> float:
+    """Median wall time of ``fn(*args)`` in milliseconds, after one warm-up call; each call is waited
+    for on ``device`` before the clock is read."""
     fn(*args)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn(*args)
+        synchronize(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
@@ -57,15 +67,15 @@ def _forward_backward(layer: nn.Module, x: Tensor) -> None:
     layer(x).sum().backward()
 
 
-def parallelism(cfg: CompareConfig) -> dict[str, Any]:
-    """a. Forward+backward time of one layer per family against n, and its sequential steps."""
+def parallelism(cfg: CompareConfig, device: torch.device = _CPU) -> dict[str, Any]:
+    """a. Forward+backward time of one layer per family against n on ``device``, and its sequential steps."""
     torch.manual_seed(cfg.seed)
-    layers = {f: probe_layer(f, cfg.d_model) for f in FAMILIES}
+    layers = {f: probe_layer(f, cfg.d_model).to(device) for f in FAMILIES}
     ms: dict[str, list[float]] = {f: [] for f in FAMILIES}
     for n in cfg.lengths:
-        x = torch.randn(cfg.batch, n, cfg.d_model, requires_grad=True)
+        x = torch.randn(cfg.batch, n, cfg.d_model, device=device, requires_grad=True)  # (B, n, d)
         for f, layer in layers.items():  # families alternate at each length
-            ms[f].append(median_ms(_forward_backward, cfg.repeats, layer, x))
+            ms[f].append(median_ms(_forward_backward, cfg.repeats, layer, x, device=device))
     return {
         "lengths": list(cfg.lengths),
         "d_model": cfg.d_model,
@@ -143,7 +153,9 @@ def _train_classifier(
     lr: float,
     seed: int,
 ) -> tuple[float, float]:
-    """Adam with 50 warm-up steps then a constant rate; returns (test accuracy, seconds)."""
+    """Adam with 50 warm-up steps then a constant rate, on the model's device (the batches are drawn on
+    the CPU, the same on every device, and moved there); returns (test accuracy, seconds)."""
+    device = next(model.parameters()).device
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     g = seeded(seed)
     t0 = time.perf_counter()
@@ -151,25 +163,26 @@ def _train_classifier(
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50)
-        x, y = batch_fn(g)
+        x, y = (t.to(device) for t in batch_fn(g))
         logits = model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+    synchronize(device)
     seconds = time.perf_counter() - t0
     model.eval()
     with torch.no_grad():
-        x, y = test
+        x, y = (t.to(device) for t in test)
         pred = model(x).argmax(-1)
         keep = y != -100
         acc = float(((pred == y) & keep).sum() / keep.sum())
     return acc, seconds
 
 
-def long_range(cfg: CompareConfig) -> dict[str, Any]:
-    """c. Read a random sequence; answer the token D positions before the last one."""
+def long_range(cfg: CompareConfig, device: torch.device = _CPU) -> dict[str, Any]:
+    """c. Read a random sequence; answer the token D positions before the last one (trained on ``device``)."""
     V, n = cfg.long_vocab, max(cfg.distances) + 8  # the answer is never among the first tokens
     acc: dict[str, list[float]] = {f: [] for f in FAMILIES}
     params: dict[str, int] = {}
@@ -184,7 +197,7 @@ def long_range(cfg: CompareConfig) -> dict[str, Any]:
 
         for f in FAMILIES:
             torch.manual_seed(cfg.seed)
-            model = ProbeModel(f, V, V, cfg.long_d, cfg.long_layers[f], max_len=n)
+            model = ProbeModel(f, V, V, cfg.long_d, cfg.long_layers[f], max_len=n).to(device)
             params[f] = count_parameters(model)
             a, s = _train_classifier(model, batch, test, cfg.long_steps, cfg.lr, cfg.seed + D)
             acc[f].append(a)
@@ -223,8 +236,9 @@ def _softmax_stats(d_k: int, scale: float, rows: int, keys: int, g: torch.Genera
     }
 
 
-def scaling(cfg: CompareConfig, runs: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    """d. Scaled vs unscaled dot product: softmax statistics at init against d_k, and training curves."""
+def scaling(cfg: CompareConfig, runs: Path, log: Callable[[str], None], device: torch.device = _CPU) -> dict[str, Any]:
+    """d. Scaled vs unscaled dot product: softmax statistics at init against d_k (CPU), and training
+    curves (on ``device``)."""
     at_init: dict[str, dict[str, list[float]]] = {}
     for variant in ("scaled", "dot"):
         stats = [
@@ -243,7 +257,9 @@ def scaling(cfg: CompareConfig, runs: Path, log: Callable[[str], None]) -> dict[
             f"eval_every={max(1, cfg.curve_steps // cfg.curve_points)}",
             f"warmup={max(1, cfg.curve_steps // 10)}",
         ]
-        curves[variant] = _train_run(cfg.curve_task, overrides + list(cfg.run_overrides), runs / f"scaling-{variant}")
+        curves[variant] = _train_run(
+            cfg.curve_task, overrides + list(cfg.run_overrides), runs / f"scaling-{variant}", device
+        )
     return {
         "d_ks": list(cfg.d_ks),
         "keys": cfg.init_keys,
@@ -255,17 +271,17 @@ def scaling(cfg: CompareConfig, runs: Path, log: Callable[[str], None]) -> dict[
     }
 
 
-def query_batch(cfg: CompareConfig) -> dict[str, Any]:
-    """e. Attention one query at a time (a loop) against all queries in one matrix product."""
+def query_batch(cfg: CompareConfig, device: torch.device = _CPU) -> dict[str, Any]:
+    """e. Attention one query at a time (a loop) against all queries in one matrix product, on ``device``."""
     loop, matrix, fused, diff = [], [], [], []
     for n in cfg.lengths:
         g = seeded(n)
-        q, k, v = (
-            torch.randn(1, cfg.heads_for_timing, n, cfg.d_model // cfg.heads_for_timing, generator=g) for _ in range(3)
-        )
-        loop.append(median_ms(attention_per_query, cfg.repeats, q, k, v))
-        matrix.append(median_ms(attention_reference, cfg.repeats, q, k, v))
-        fused.append(median_ms(scaled_dot_product_attention, cfg.repeats, q, k, v))
+        d_k = cfg.d_model // cfg.heads_for_timing
+        # drawn on the CPU (the same numbers on every device), then moved: (1, H, n, D) each
+        q, k, v = (torch.randn(1, cfg.heads_for_timing, n, d_k, generator=g).to(device) for _ in range(3))
+        loop.append(median_ms(attention_per_query, cfg.repeats, q, k, v, device=device))
+        matrix.append(median_ms(attention_reference, cfg.repeats, q, k, v, device=device))
+        fused.append(median_ms(scaled_dot_product_attention, cfg.repeats, q, k, v, device=device))
         diff.append(float((attention_per_query(q, k, v)[0] - attention_reference(q, k, v)[0]).abs().max()))
     return {
         "lengths": list(cfg.lengths),
@@ -285,8 +301,9 @@ def _two_relation_batch(g: torch.Generator, batch: int, n: int) -> tuple[Tensor,
     return x, y
 
 
-def heads(cfg: CompareConfig) -> dict[str, Any]:
-    """f. One layer, equal d_model, h heads: a task where each answer needs two different positions."""
+def heads(cfg: CompareConfig, device: torch.device = _CPU) -> dict[str, Any]:
+    """f. One layer, equal d_model, h heads: a task where each answer needs two different positions
+    (trained on ``device``)."""
     n = cfg.heads_n
     test = _two_relation_batch(seeded(99_999), cfg.test_examples, n)
     acc: dict[str, list[float]] = {}
@@ -294,7 +311,7 @@ def heads(cfg: CompareConfig) -> dict[str, Any]:
         acc[str(h)] = []
         for s in range(cfg.heads_seeds):
             torch.manual_seed(cfg.seed + s)
-            model = ProbeModel("transformer", 10, 10, cfg.heads_d, 1, max_len=n, heads=h, readout="each")
+            model = ProbeModel("transformer", 10, 10, cfg.heads_d, 1, max_len=n, heads=h, readout="each").to(device)
             a, _ = _train_classifier(
                 model, lambda g: _two_relation_batch(g, cfg.train_batch, n), test, cfg.heads_steps, cfg.lr, cfg.seed + s
             )
@@ -311,11 +328,14 @@ def heads(cfg: CompareConfig) -> dict[str, Any]:
     }
 
 
-def _train_run(preset: str, overrides: list[str], out: Path, family: str | None = None) -> dict[str, Any]:
-    """Train one run with qkv's trainer; returns its summary and validation curve."""
+def _train_run(
+    preset: str, overrides: list[str], out: Path, device: torch.device, family: str | None = None
+) -> dict[str, Any]:
+    """Train one run with qkv's trainer on ``device``; returns its summary and validation curve."""
     from qkv.train import recipe, train
 
     cfg = recipe(preset) if family is None else recipe(preset).with_family(family)
+    overrides = [*overrides, f"train.device={device}"]
     summary = train(cfg, out, overrides=overrides, progress=False, log=lambda _msg: None)
     metrics = read_metrics(out)
     keys = ("step", "elapsed_s", "train_loss", "valid_loss", "valid_bleu", "valid_exact_match")
@@ -351,9 +371,12 @@ def _budget(cfg: CompareConfig, steps: int) -> tuple[str, list[str]]:
     return f"{steps} steps", [f"steps={steps}", f"eval_every={steps}", f"warmup={max(1, steps // 6)}"]
 
 
-def translation(cfg: CompareConfig, runs: Path, log: Callable[[str], None], data: Path | None) -> dict[str, Any]:
-    """g. The three families through ``qkv train`` with the same batches and the same steps, or the same
-    training minutes (Multi30k when given); test BLEU greedy and with the beam of ``cfg.translation_beam``."""
+def translation(
+    cfg: CompareConfig, runs: Path, log: Callable[[str], None], data: Path | None, device: torch.device = _CPU
+) -> dict[str, Any]:
+    """g. The three families through ``qkv train`` on ``device`` with the same batches and the same steps,
+    or the same training minutes (Multi30k when given); test BLEU greedy and with the beam of
+    ``cfg.translation_beam``."""
     if data is not None:
         preset = cfg.translation_timed_preset if cfg.translation_minutes > 0 else cfg.translation_preset
         steps, task = cfg.translation_steps, _multi30k_task(data)
@@ -364,12 +387,12 @@ def translation(cfg: CompareConfig, runs: Path, log: Callable[[str], None], data
     for family in TRANSLATION_FAMILIES:
         log(f"  training the {family} family on {preset} for {budget}")
         out = runs / f"translation-{family}"
-        results[family] = _train_run(preset, [*task, *limits, *cfg.run_overrides], out, family)
+        results[family] = _train_run(preset, [*task, *limits, *cfg.run_overrides], out, device, family)
         if cfg.translation_beam > 1:
             from qkv.api import load
 
             split = results[family]["summary"]["eval_split"]
-            beam = load(out).evaluate(split, beam=cfg.translation_beam)
+            beam = load(out, device=str(device)).evaluate(split, beam=cfg.translation_beam)
             results[family]["beam"] = {k: v for k, v in beam.items() if "signature" not in k}
     minutes, beam = cfg.translation_minutes, cfg.translation_beam
     return {"task": preset, "steps": steps, "minutes": minutes, "beam": beam, "runs": results}

@@ -459,7 +459,8 @@ def write_report(
     parts = [
         "# qkv compare: Transformer vs RNN vs CNN, scaled vs unscaled, query batch vs one query at a time",
         "",
-        f"Sizes: `{results['sizes_name']}`; {results['environment']}. Total {results['minutes']['total']:.1f} min.",
+        f"Sizes: `{results['sizes_name']}`; {results['environment']}; "
+        f"device {results.get('device', 'cpu')}. Total {results['minutes']['total']:.1f} min.",
     ]
     for name, section in sections.items():
         if name in results:

@@ -51,18 +51,26 @@ def test_smoke_run_writes_report_plots_and_results(smoke):
 def test_the_families_at_equal_training_time(tmp_path):
     out = tmp_path / "c"
     assert (
-        main(["compare", "--sizes", "smoke", "--only", "translation", "--minutes", "0.00001", "--out", str(out)]) == 0
+        main(
+            ["compare", "--sizes", "smoke", "--only", "translation", "--minutes", "0.00001", "--device", "cpu"]
+            + ["--out", str(out)]
+        )
+        == 0
     )
-    r = json.loads((out / "results.json").read_text())["translation"]
+    results = json.loads((out / "results.json").read_text())
+    r = results["translation"]
     assert r["minutes"] == 0.00001 and set(r["runs"]) == {"transformer", "rnn", "cnn"}
+    assert results["device"] == "cpu"
     for family, run in r["runs"].items():
         config = json.loads((out / "runs" / f"translation-{family}" / "config.json").read_text())
         assert config["train"]["max_minutes"] == 0.00001
+        assert config["train"]["device"] == "cpu"  # --device reaches every training run
         assert run["summary"]["step"] == 1  # the clock ended it: any step takes longer than 0.6 ms
         assert run["curve"]["step"] == [1] and run["curve"]["elapsed_s"][0] > 0
         assert 0 <= run["beam"]["exact_match"] <= 1  # the test split again, with the beam
     report = (out / "report.md").read_text()
     assert "1e-05 training minutes each" in report and "BLEU (beam 2)" in report
+    assert "; device cpu. Total" in report
 
 
 def _fake_multi30k(root):
@@ -128,12 +136,22 @@ def test_unscaled_softmax_saturates_as_d_k_grows(tmp_path):
         (["--minutes", "0"], "a number > 0"),
         (["--minutes", "5", "--only", "query_batch"], "--minutes is for the translation experiment"),
         (["--multi30k", "/nonexistent", "--only", "heads"], "--multi30k is for the translation experiment"),
+        (["--device", "tpu"], "--device 'tpu': choose auto, cpu"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tmp_path, capsys, args, needle):
     assert main(["compare", "--sizes", "smoke", "--out", str(tmp_path / "x"), *args]) != 0
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_is_not_there_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["compare", "--sizes", "smoke", "--only", "query_batch", "--device", "cuda", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "sees no CUDA device" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_an_existing_comparison_is_never_overwritten(tmp_path, capsys):
