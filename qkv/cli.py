@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from qkv.devices import PRECISIONS, QUANTIZE
+from qkv.devices import PRECISIONS, QUANTIZE, keep_freed_memory
 from qkv.errors import QkvError, shown
 
 __all__ = ["main"]
@@ -898,7 +898,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``qkv`` console script."""
+    """Entry point of the ``qkv`` console script (``argv`` None: this process is the command's own)."""
+    if argv is None:
+        keep_freed_memory()  # the process's malloc: reuse freed tensors' memory (see qkv.devices)
     args = parse(sys.argv[1:] if argv is None else list(argv))
     try:
         return COMMANDS[args.command][0](args)

@@ -209,3 +209,39 @@ def test_int8_with_compile_and_init_on_resume_are_refused(tiny_run, tmp_path, ca
     train(recipe("reverse"), out, overrides=[*TINY, "steps=4"], until_step=2, progress=False, log=quiet)
     assert _status(["train", "--resume", str(out), f"train.init={tiny_run}"]) == 2
     assert "train.init starts a new run" in capsys.readouterr().err
+
+
+# A child process frees and allocates a 64 MiB tensor (above glibc's largest mmap threshold) ten times and
+# prints the minor page faults that cost: each fresh mapping faults every page in again.
+_CHURN = """
+import resource, sys
+import torch
+{setup}
+def churn():
+    for _ in range(10):
+        torch.empty(16 * 2**20).fill_(1.0)
+churn()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+churn()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _churn_faults(setup: str) -> int:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _CHURN.format(setup=setup)], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(
+    __import__("platform").libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's malloc only"
+)
+def test_freed_tensor_memory_is_reused_not_faulted_in_again():
+    plain = _churn_faults("")
+    kept = _churn_faults("from qkv.devices import keep_freed_memory\nassert keep_freed_memory()")
+    command = _churn_faults("sys.argv = ['qkv', 'env']\nfrom qkv.cli import main\nmain()")  # the qkv command
+    assert plain >= 10  # at least a fault per fresh 64 MiB block (16,384 with 4 KiB pages)
+    assert kept * 10 < plain
+    assert command * 10 < plain
