@@ -452,7 +452,7 @@ class Trainer:
                     self.evaluate_and_save(stats)
                     t_start = time.perf_counter() - self.elapsed  # evaluation time is not training time
                     last_eval = self.elapsed
-                    self.log.pause()
+                    self.log.pause(self.step)
                 elif self._save_due():
                     self.checkpoint()
                 if stop_now:

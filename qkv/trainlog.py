@@ -114,9 +114,10 @@ class TrainLog:
         else:
             self.say(message)
 
-    def pause(self) -> None:
-        """Restart the tokens/s window (after time that was not training: evaluation, checkpoints)."""
-        self._t, self._tokens = time.perf_counter(), 0
+    def pause(self, step: int) -> None:
+        """Restart the tokens/s and ETA window at ``step`` (after time that was not training: evaluation,
+        checkpoints)."""
+        self._mark(step)
         self._bar_t, self._bar_tok = self._t, 0
 
     def close(self) -> None:

@@ -371,3 +371,27 @@ def test_resume_from_a_token_store_is_bit_identical(tmp_path):
     train(out=tmp_path / "two", resume=True, **quiet)
     a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_eta_after_an_evaluation_counts_only_the_steps_since(tmp_path, monkeypatch):
+    import types
+
+    from qkv import trainlog
+    from qkv.train import StepStats
+
+    now = [0.0]
+    monkeypatch.setattr(trainlog, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    lines: list[str] = []
+    log = trainlog.TrainLog(
+        tmp_path, log_every=10, tensorboard=False, main=True, progress=False, step=0, total=1000,
+        device=torch.device("cpu"), say=lines.append,
+    )  # fmt: skip
+    stats = StepStats(loss=1.0, tokens=10, lr=1e-3, grad_norm=1.0)
+    for step in range(1, 21):  # one second a step; an evaluation (not training time) after step 14
+        now[0] += 1.0
+        log.step(step, stats, elapsed=float(step), nll=None)
+        if step == 14:
+            now[0] += 300.0
+            log.pause(step)
+    assert lines[0].endswith("| 10 tok/s | elapsed 0:10 | eta 16:30")
+    assert lines[1].endswith("| 10 tok/s | elapsed 0:20 | eta 16:20")  # 980 steps left at 1 s each
