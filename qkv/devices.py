@@ -185,8 +185,8 @@ def keep_freed_memory() -> bool:
     next step's tensors come back as page faults on fresh zeroed pages (the ``multi30k-30min`` recipe on the
     2-core development CPU: 9x fewer faults, 1.13x the training speed; ``benchmarks/alloc_speed.py``).
     With mmap off and the heap never trimmed, freed blocks are reused as they are; the process keeps its
-    peak memory until it exits. The qkv command sets this for its
-    own process; a program that imports qkv decides for its own (call this first)."""
+    peak memory until it exits. The qkv command sets this for its own process; a program that imports qkv
+    decides for its own (call this first)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

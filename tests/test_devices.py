@@ -5,6 +5,9 @@ eager, and the simulated GPU of tests/conftest.py catching a tensor made on the 
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -228,16 +231,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _churn_faults(setup: str) -> int:
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-c", _CHURN.format(setup=setup)], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(
-    __import__("platform").libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's malloc only"
-)
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's malloc only")
 def test_freed_tensor_memory_is_reused_not_faulted_in_again():
     plain = _churn_faults("")
     kept = _churn_faults("from qkv.devices import keep_freed_memory\nassert keep_freed_memory()")
