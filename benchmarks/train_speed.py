@@ -7,7 +7,7 @@ machine noise hits both alike. Prints target tokens/s of each and the ratio.
     python benchmarks/train_speed.py --train ../shared/data/multi30k/train.de ../shared/data/multi30k/train.en \
         [--steps 30] [--profile] [--run RUN --test ../shared/data/multi30k/test_2016_flickr.de]
     python benchmarks/train_speed.py --run RUN --test ../shared/data/multi30k/test_2016_flickr.de  # decoding:
-        # fp32 against int8 weights
+        # fp32 against int8 weights (int8 and int8-mixed)
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float) -> None:
 
 def decode_speed(run_dir: str, test_src: str, limit: int, rounds: int = 2) -> None:
     """Sentences/s of greedy and beam-5 translation of the test set with a trained run, fp32 against int8
-    weights (``--quantize int8``), alternating rounds, best of each."""
-    runs = {"fp32": qkv.load(run_dir, device="cpu"), "int8": qkv.load(run_dir, device="cpu", quantize="int8")}
+    weights (``--quantize int8`` and ``int8-mixed``), alternating rounds, best of each."""
+    runs = {q: qkv.load(run_dir, device="cpu", quantize=q) for q in ("none", "int8", "int8-mixed")}
     sentences = read_lines(test_src)[:limit]
     for run in runs.values():  # warm-up: packs the weights
         run.translate(sentences[:64], beam=5)
@@ -119,9 +119,10 @@ def decode_speed(run_dir: str, test_src: str, limit: int, rounds: int = 2) -> No
                 t0 = time.perf_counter()
                 run.translate(sentences, beam=beam)
                 best[name] = max(best[name], len(sentences) / (time.perf_counter() - t0))
+        fp32 = best.pop("none")
         print(
-            f"decoding, beam {beam}, {len(sentences)} sentences: fp32 {best['fp32']:.1f} sentences/s, "
-            f"int8 {best['int8']:.1f} sentences/s = {best['int8'] / best['fp32']:.2f}x"
+            f"decoding, beam {beam}, {len(sentences)} sentences: fp32 {fp32:.1f} sentences/s, "
+            + ", ".join(f"{q} {v:.1f} sentences/s = {v / fp32:.2f}x" for q, v in best.items())
         )
 
 

@@ -56,7 +56,8 @@ def load(
     ``precision`` (fp32, bf16, fp16, or auto = bf16 where the hardware has it). Every verb of the run
     makes its input tensors on that device. ``compile`` runs the model's forward passes under
     ``torch.compile`` (the first calls of each shape compile). ``quantize="int8"`` runs every linear map
-    on int8 weights (CPU inference; :func:`qkv.linear.set_int8`)."""
+    on int8 weights (CPU inference; :func:`qkv.linear.set_int8`); ``"int8-mixed"`` also multiplies each
+    call's outlier input channels in float32 (:func:`qkv.linear.int8_linear`)."""
     path = Path(run)
     if not path.is_dir():
         raise QkvError(f"run directory {path} does not exist; train one with `qkv train --out {path}`")
@@ -69,7 +70,7 @@ def load(
     model = family.model(cfg.model)
     load_weights(model, load_model_tensors(path), str(path / "model.safetensors"))
     model.to(device=where, dtype=dtype).eval()
-    set_int8(model, quantize == "int8")
+    set_int8(model, quantize != "none", outliers=quantize == "int8-mixed")
     if compile:
         compile_for_inference(model)
     return family.run(path, cfg, model, *tokenizers)

@@ -172,7 +172,8 @@ def _model_arguments(p: argparse.ArgumentParser, *, training: bool = False) -> N
             choices=QUANTIZE,
             default="none",
             metavar="|".join(QUANTIZE),
-            help="int8: every linear map on int8 weights (CPU inference; default none)",
+            help="int8: every linear map on int8 weights (CPU inference; default none); int8-mixed: outlier input "
+            "channels in float32",
         )
 
 

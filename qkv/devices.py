@@ -129,21 +129,27 @@ def resolve_precision(name: str, device: torch.device, *, flag: str = "--precisi
     return "fp32"
 
 
-QUANTIZE = ("none", "int8")
+# int8: dynamic int8 linear maps; int8-mixed: the same with each call's outlier input channels in float32
+# (LLM.int8()'s decomposition: closer to fp32 for models with outlier features, e.g. BERT; slower per call)
+QUANTIZE = ("none", "int8", "int8-mixed")
 
 
 def check_quantize(
     quantize: str, device: torch.device, dtype: torch.dtype, compile: bool = False, *, flag: str = "--quantize"
 ) -> None:
     """int8 weights are an eager CPU inference path with float32 activations; anything else is one line."""
-    if quantize == "int8" and compile:
-        raise QkvError(f"{flag} int8 runs PyTorch's int8 kernels eagerly; a compiled graph would not: drop --compile")
     if quantize not in QUANTIZE:
         raise QkvError(f"{flag} {shown(quantize)}: choose {' or '.join(QUANTIZE)}")
-    if quantize == "int8" and device.type != "cpu":
-        raise QkvError(f"{flag} int8 runs on the CPU (PyTorch's int8 kernels); use --device cpu, or drop {flag}")
-    if quantize == "int8" and dtype != torch.float32:
-        raise QkvError(f"{flag} int8 quantizes float32 activations per call: drop --precision (or use fp32)")
+    if quantize == "none":
+        return
+    if compile:
+        raise QkvError(
+            f"{flag} {quantize} runs PyTorch's int8 kernels eagerly; a compiled graph would not: drop --compile"
+        )
+    if device.type != "cpu":
+        raise QkvError(f"{flag} {quantize} runs on the CPU (PyTorch's int8 kernels); use --device cpu, or drop {flag}")
+    if dtype != torch.float32:
+        raise QkvError(f"{flag} {quantize} quantizes float32 activations per call: drop --precision (or use fp32)")
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

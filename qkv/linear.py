@@ -14,6 +14,12 @@ Three paths compute the same thing (the third approximately):
   product (``torch.ops.quantized.linear_dynamic``: PyTorch's dynamic quantization). A quarter of the
   bytes per weight, for CPU inference that is bound by reading them. On CPUs where that product would
   saturate at full-range weights (AVX2 without VNNI), the weights take 7 bits (:func:`int8_weight_max`).
+  The input's one scale per call is what costs precision, and a few input channels of trained models
+  (BERT's, after a LayerNorm or a GELU) are 10–20× larger than the rest: with ``outliers``
+  (``--quantize int8-mixed``) such channels go through float32 with their columns of W, the others
+  through int8 (the mixed-precision decomposition of LLM.int8(), Dettmers et al. 2022;
+  :func:`int8_linear`). It finds them anew in every call, which costs a few small operators per call:
+  worth it for wide batched inputs (encoding), not for decoding a small model token by token.
 
 The packed path uses two oneDNN operators that PyTorch registers for its own compiler
 (``torch.ops.mkldnn._reorder_linear_weight`` and ``_linear_pointwise``; private, so
@@ -42,7 +48,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Linear", "int8_weight_max", "packed_linear_available", "set_int8", "set_packing"]
+__all__ = [
+    "OUTLIER_RATIO",
+    "Linear",
+    "int8_linear",
+    "int8_weight_max",
+    "packed_linear_available",
+    "set_int8",
+    "set_packing",
+]
 
 # oneDNN lays the packed weight out for an expected number of input rows. Measured on a 2-core AVX2
 # CPU over GPT-2 small's matrices: a hint of 16 rows is 5–10% faster than no hint at 1 and 8 rows
@@ -69,6 +83,7 @@ class Linear(nn.Linear):
 
     packing: bool = True
     int8: bool = False  # set_int8: inference on int8 weights (CPU, float32 activations)
+    int8_outliers: bool = False  # set_int8(outliers=True): outlier input channels in float32 (int8_linear)
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, device: torch.device | None = None
@@ -109,7 +124,11 @@ class Linear(nn.Linear):
         fast = not torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_compiling()
         if fast and self.int8 and x.dtype == torch.float32:
             flat = x.reshape(-1, x.size(-1))  # (N, in_features)
-            y = torch.ops.quantized.linear_dynamic(flat, self._packed_weight(start, stop, "int8"), False)
+            packed = self._packed_weight(start, stop, "int8")
+            if self.int8_outliers:
+                y = int8_linear(flat, packed, weight)
+            else:
+                y = torch.ops.quantized.linear_dynamic(flat, packed, False)
             return y.view(*x.shape[:-1], stop - start)
         if fast and self.packing and x.dtype == self.weight.dtype == torch.float32 and packed_linear_available():
             return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(start, stop), bias, "none", [], "")
@@ -160,12 +179,32 @@ def _int8_pack(w: Tensor, bias: Tensor | None, qmax: int | None = None) -> Any:
     return torch.ops.quantized.linear_prepack(qw, bias)
 
 
-def set_int8(model: nn.Module, enabled: bool = True) -> None:
+OUTLIER_RATIO = 6.0
+"""An input channel whose largest magnitude in a call passes this many times the mean of the channels'
+largest magnitudes is an outlier, which :func:`int8_linear` multiplies in float32 (6.0 is LLM.int8()'s
+threshold too, there on absolute values)."""
+
+
+def int8_linear(x: Tensor, packed: Any, weight: Tensor) -> Tensor:
+    """x (N, in) -> (N, out): x Wᵀ + b on fbgemm's ``packed`` int8 weight (bias included), except the
+    outlier channels of x (:data:`OUTLIER_RATIO`), which are multiplied by their columns of ``weight``
+    (out, in) in float32 and zeroed in the int8 product."""
+    channel_max = x.abs().amax(dim=0)  # (in,)
+    outliers = (channel_max > OUTLIER_RATIO * channel_max.mean()).nonzero().squeeze(1)  # (k,)
+    if outliers.numel() == 0:
+        return torch.ops.quantized.linear_dynamic(x, packed, False)
+    y = torch.ops.quantized.linear_dynamic(x.index_fill(1, outliers, 0.0), packed, False)  # (N, out)
+    return y.addmm_(x[:, outliers], weight[:, outliers].t())  # + (N, k) @ (k, out)
+
+
+def set_int8(model: nn.Module, enabled: bool = True, *, outliers: bool = False) -> None:
     """Run every :class:`Linear` of ``model`` on int8 weights (quantized per output row on first use;
-    activations quantized per call: PyTorch's dynamic int8 linear) for CPU inference."""
+    activations quantized per call: PyTorch's dynamic int8 linear) for CPU inference; with ``outliers``,
+    each call's outlier input channels in float32 (:func:`int8_linear`)."""
     for module in model.modules():
         if isinstance(module, Linear):
             module.int8 = enabled
+            module.int8_outliers = enabled and outliers
             module._packed = None
 
 

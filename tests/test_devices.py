@@ -184,23 +184,27 @@ def test_compiled_training_and_decoding_equal_eager(tmp_path, tiny_run):
     assert qkv.load(tiny_run, compile=True).translate(texts, beam=2) == qkv.load(tiny_run).translate(texts, beam=2)
 
 
-def test_int8_weights_run_on_the_cpu_only(tiny_run, capsys, fake_cuda):
-    """--quantize int8 translates on the CPU (most outputs as fp32's); on a GPU, or with bf16 weights, it is
-    one line."""
+@pytest.mark.parametrize("quantize", ["int8", "int8-mixed"])
+def test_int8_weights_run_on_the_cpu_only(tiny_run, capsys, fake_cuda, quantize):
+    """--quantize int8 / int8-mixed translates on the CPU (most outputs as fp32's; int8-mixed with outlier
+    channels in float32 on every linear map); on a GPU, or with bf16 weights, it is one line."""
     texts = ["a b c", "c b a b", "b a", "c c b"]
-    int8 = qkv.load(tiny_run, device="cpu", quantize="int8")
-    assert all(m.int8 for m in int8.model.modules() if hasattr(m, "int8"))
+    int8 = qkv.load(tiny_run, device="cpu", quantize=quantize)
+    linears = [m for m in int8.model.modules() if hasattr(m, "int8")]
+    assert all(m.int8 and m.int8_outliers == (quantize == "int8-mixed") for m in linears)
     fp32 = qkv.load(tiny_run, device="cpu").translate(texts)
     same = sum(x == y for x, y in zip(int8.translate(texts), fp32, strict=True))
     assert same >= 3
-    with pytest.raises(QkvError, match="--quantize int8 runs on the CPU"):
-        qkv.load(tiny_run, device="cuda", quantize="int8")
+    with pytest.raises(QkvError, match=f"--quantize {quantize} runs on the CPU"):
+        qkv.load(tiny_run, device="cuda", quantize=quantize)
     assert (
-        _status(["translate", str(tiny_run), "a b", "--quantize", "int8", "--precision", "bf16", "--device", "cpu"])
+        _status(["translate", str(tiny_run), "a b", "--quantize", quantize, "--precision", "bf16", "--device", "cpu"])
         == 2
     )
     assert "drop --precision" in capsys.readouterr().err
-    assert _status(["translate", str(tiny_run), "a b", "--quantize", "int8", "--device", "cpu"]) == 0
+    with pytest.raises(QkvError, match="drop --compile"):
+        qkv.load(tiny_run, device="cpu", quantize=quantize, compile=True)
+    assert _status(["translate", str(tiny_run), "a b", "--quantize", quantize, "--device", "cpu"]) == 0
 
 
 def test_int8_with_compile_and_init_on_resume_are_refused(tiny_run, tmp_path, capsys):

@@ -193,3 +193,23 @@ def test_int8_weight_max_keeps_the_worst_case_product_exact() -> None:
         y = lin(torch.ones(3, 64))
     assert int8_weight_max() in (63, 127)
     torch.testing.assert_close(y, torch.full((3, 2), 64.0), rtol=0, atol=0.5)
+
+
+def test_int8_outlier_channels_go_through_float32() -> None:
+    """An input channel far above the others (as after BERT's LayerNorms) would set the per-call int8 scale
+    for all of them; int8_linear multiplies it in float32 instead: without one, it is the plain dynamic int8
+    product exactly; with one, its error is a fraction of the plain product's."""
+    from qkv.linear import OUTLIER_RATIO, _int8_pack, int8_linear
+
+    torch.manual_seed(0)
+    w, b = torch.randn(48, 64) / 8, torch.randn(48)
+    packed = _int8_pack(w, b)
+    x = torch.randn(20, 64)
+    plain = torch.ops.quantized.linear_dynamic(x, packed, False)
+    assert torch.equal(int8_linear(x, packed, w), plain)  # no outlier: the same kernel, nothing else
+    x[:, 5] *= 4 * OUTLIER_RATIO  # one channel 24x the others
+    ref = F.linear(x, w, b)
+    plain_error = (torch.ops.quantized.linear_dynamic(x, packed, False) - ref).abs().max()
+    error = (int8_linear(x, packed, w) - ref).abs().max()
+    assert error < plain_error / 5, (error, plain_error)
+    assert error < 0.02 * ref.abs().max()
