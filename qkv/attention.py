@@ -27,6 +27,13 @@ GPUs: it builds a new execution plan for every new shape (qkv's batches and deco
 all the time: measured on an H200, bf16 decoding ran 11x slower than fp32 with it), and with a mask it
 has open correctness bugs (NaN gradients for some lengths, PyTorch issue 196678). Flash, memory-efficient
 and math kernels remain, chosen by torch as usual.
+
+On the CPU in bf16/fp16, when autograd records, the fused path runs torch's math kernel for keys up to
+a length where it is faster (:func:`fused_backends`): the CPU flash kernel's backward in half precision
+is 3-4x slower than the math kernel's at translation lengths (measured on an AMD EPYC, Zen 4, bf16,
+B=64, H=8, T=S=24, D=64: forward + backward 22.2 ms against 9.9 ms; a whole Multi30k training step
+1.35x faster), and loses to it only from about 512 keys in bf16. ``benchmarks/attention_speed.py``
+measures both side by side. Forward-only calls (decoding, evaluation) keep torch's choice.
 """
 
 from __future__ import annotations
@@ -67,12 +74,35 @@ def causal_mask(T: int, S: int | None = None, *, device: torch.device | None = N
 FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
+# The longest key length at which torch's CPU math kernel trains faster than its flash kernel, per half
+# precision dtype (None: at every length); measured by benchmarks/attention_speed.py (module docstring).
+CPU_MATH_TRAINING_MAX_S: dict[torch.dtype, int | None] = {torch.bfloat16: 256, torch.float16: None}
+
+
+def fused_backends(q: Tensor, k: Tensor, v: Tensor) -> list[SDPBackend] | None:
+    """The SDPA kernels the fused path allows for these inputs, or None for torch's own choice.
+
+    CUDA in bf16/fp16: all but cuDNN's. CPU in bf16/fp16 while autograd records, with at most
+    ``CPU_MATH_TRAINING_MAX_S[dtype]`` keys: the math kernel only. The reasons are in the module docstring.
+    """
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        return None  # fp32 and fp64: torch's choice everywhere
+    if q.is_cuda:
+        return FUSED_BACKENDS
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    max_s = CPU_MATH_TRAINING_MAX_S[q.dtype]
+    if q.device.type == "cpu" and training and (max_s is None or k.size(-2) <= max_s):
+        return [SDPBackend.MATH]
+    return None
+
+
 def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, **kwargs) -> Tensor:
-    """torch's fused attention, without cuDNN's kernel on CUDA half precision (see the module docstring)."""
-    if q.is_cuda and q.dtype != torch.float32:  # cuDNN's kernel takes only bf16/fp16
-        with sdpa_kernel(FUSED_BACKENDS):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
+    """torch's fused attention over the kernels :func:`fused_backends` allows."""
+    backends = fused_backends(q, k, v)
+    if backends is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
+    with sdpa_kernel(backends):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
 
 
 def _default_scale(q: Tensor, scale: float | None) -> float:

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qkv.attention import (
     ATTENTION_VARIANTS,
+    CPU_MATH_TRAINING_MAX_S,
     KVCache,
     MultiHeadAttention,
     additive_attention,
@@ -20,6 +22,7 @@ from qkv.attention import (
     attention_reference,
     causal_mask,
     dot_product_attention,
+    fused_backends,
     scaled_dot_product_attention,
 )
 
@@ -73,6 +76,49 @@ def test_the_fused_path_leaves_out_cudnn_on_a_gpu_in_half_precision(dtype, fake_
     assert seen == [(False, before), (True, before and dtype == torch.float32)]
     assert torch.backends.cuda.cudnn_sdp_enabled() == before  # restored after the call
     torch.testing.assert_close(gpu_out.cpu(), cpu_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_cpu_half_precision_training_runs_the_math_kernel_up_to_its_length(dtype):
+    # The CPU flash kernel's half-precision backward is the slow one (qkv/attention.py): the rule picks
+    # the math kernel only when autograd records, in bf16/fp16, up to CPU_MATH_TRAINING_MAX_S keys.
+    max_s = CPU_MATH_TRAINING_MAX_S.get(dtype)
+    for S in (7, 256, 257, 1024):
+        q, k, v = (t.to(dtype) for t in qkv_tensors(B=1, H=1, T=3, S=S, D=4))
+        assert fused_backends(q, k, v) is None  # forward only: torch's choice
+        k.requires_grad_(True)
+        math_here = dtype != torch.float32 and (max_s is None or S <= max_s)
+        assert fused_backends(q, k, v) == ([SDPBackend.MATH] if math_here else None), S
+        with torch.no_grad():
+            assert fused_backends(q, k, v) is None
+    assert CPU_MATH_TRAINING_MAX_S[torch.bfloat16] == 256 and CPU_MATH_TRAINING_MAX_S[torch.float16] is None
+
+
+def test_the_math_kernel_rule_is_in_force_during_the_call_and_agrees_with_flash(monkeypatch):
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append((torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    q, k, v = (t.to(torch.bfloat16).requires_grad_(True) for t in qkv_tensors(B=4, H=2, T=9, S=9, D=16))
+    mask = random_mask(4, 9, 9)
+    mask[..., 0] = True
+    grad = torch.randn(4, 2, 9, 16, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    before = torch.backends.cuda.flash_sdp_enabled()
+    for is_causal, m in ((True, None), (False, mask)):
+        out, _ = scaled_dot_product_attention(q, k, v, m, is_causal=is_causal)  # the rule: math
+        (dq, dk, dv) = torch.autograd.grad(out, (q, k, v), grad)
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # torch's own choice on the CPU
+            flash = real(q, k, v, attn_mask=m, is_causal=is_causal, scale=0.25)
+            flash_grads = torch.autograd.grad(flash, (q, k, v), grad)
+        torch.testing.assert_close(out, flash, atol=2e-2, rtol=2e-2)
+        for mine, theirs in zip((dq, dk, dv), flash_grads, strict=True):
+            torch.testing.assert_close(mine, theirs, atol=5e-2, rtol=5e-2)
+    assert seen == [(False, True), (False, True)]  # only the math kernel was enabled in the call
+    assert torch.backends.cuda.flash_sdp_enabled() == before  # restored after it
 
 
 def test_scale_none_is_inverse_sqrt_dk_and_scale_one_is_dot_product():
