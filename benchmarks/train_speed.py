@@ -5,7 +5,8 @@ Both models see the same token-budget batches, alternating step by step in one p
 machine noise hits both alike. Prints target tokens/s of each and the ratio.
 
     python benchmarks/train_speed.py --train ../shared/data/multi30k/train.de ../shared/data/multi30k/train.en \
-        [--steps 30] [--profile] [--run RUN --test ../shared/data/multi30k/test_2016_flickr.de]
+        [--steps 30] [--profile] [--preset multi30k-30min --precision bf16] \
+        [--run RUN --test ../shared/data/multi30k/test_2016_flickr.de]
     python benchmarks/train_speed.py --run RUN --test ../shared/data/multi30k/test_2016_flickr.de  # decoding:
         # fp32 against int8 weights (int8 and int8-mixed)
 """
@@ -24,6 +25,7 @@ from torch import nn
 import qkv
 from qkv.data import read_lines
 from qkv.data.store import BucketStream, prepare_store
+from qkv.devices import autocast
 from qkv.layers import SinusoidalPositionalEncoding
 from qkv.models import TransformerConfig, build_transformer
 from qkv.train import label_smoothed_loss, recipe
@@ -60,16 +62,20 @@ class TorchTransformer(nn.Module):
         return self.generator(out)
 
 
-def step(model: nn.Module, opt: torch.optim.Optimizer, batch) -> None:
-    """One training step (forward, label-smoothed loss, backward, Adam)."""
-    loss = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out, 0.1)
+def step(model: nn.Module, opt: torch.optim.Optimizer, batch, precision: str = "fp32") -> None:
+    """One training step (forward in ``precision``'s autocast region, label-smoothed loss, backward, Adam)."""
+    with autocast(torch.device("cpu"), precision):
+        logits = model(batch.src, batch.tgt_in)
+    loss = label_smoothed_loss(logits, batch.tgt_out, 0.1)
     (loss / batch.num_target_tokens).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def compare(cfg: TransformerConfig, batches, ref_dropout: float, warmup: int = 3) -> tuple[float, float]:
-    """Target tokens/s of qkv and of the reference, alternating on the same batches."""
+def compare(
+    cfg: TransformerConfig, batches, ref_dropout: float, precision: str = "fp32", warmup: int = 3
+) -> tuple[float, float]:
+    """Target tokens/s of qkv and of the reference, alternating on the same batches, both in ``precision``."""
     torch.manual_seed(0)
     ours = build_transformer(cfg).train()
     theirs = TorchTransformer(cfg, ref_dropout).train()
@@ -79,7 +85,7 @@ def compare(cfg: TransformerConfig, batches, ref_dropout: float, warmup: int = 3
     for i, batch in enumerate(batches):
         for j, (model, opt) in enumerate(zip((ours, theirs), opts, strict=True)):
             t0 = time.perf_counter()
-            step(model, opt, batch)
+            step(model, opt, batch, precision)
             if i >= warmup:
                 times[j] += time.perf_counter() - t0
         if i >= warmup:
@@ -87,7 +93,7 @@ def compare(cfg: TransformerConfig, batches, ref_dropout: float, warmup: int = 3
     return tokens / times[0], tokens / times[1]
 
 
-def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float) -> None:
+def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float, precision: str = "fp32") -> None:
     """Each side's share of operator time by family, over the same few training steps (after warm-up)."""
     from op_families import family_times, shares, training_family  # beside this script
     from torch.profiler import profile
@@ -97,10 +103,10 @@ def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float) -> None:
     for name, model in sides.items():
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         for batch in batches[:2]:
-            step(model, opt, batch)
+            step(model, opt, batch, precision)
         with profile() as prof:
             for batch in batches[2:6]:
-                step(model, opt, batch)
+                step(model, opt, batch, precision)
         times = family_times(prof, training_family)
         print(f"profile, {name} (4 steps, {sum(times.values()) / 4e3:.0f} ms of operators a step): {shares(times)}")
 
@@ -135,13 +141,17 @@ def main() -> None:
     p.add_argument("--test", help="source sentences to decode (with --run)")
     p.add_argument("--limit", type=int, default=1000, help="most test sentences to decode")
     p.add_argument("--profile", action="store_true", help="also: each side's operator time by family")
+    p.add_argument("--preset", default="multi30k", help="the recipe whose model and token budget to use")
+    p.add_argument(
+        "--precision", choices=("fp32", "bf16"), default="fp32", help="both sides' training precision (autocast)"
+    )
     a = p.parse_args()
     if a.train is None:
         if not (a.run and a.test):
             p.error("give --train SRC TGT, or --run RUN --test FILE (decoding only), or both")
         decode_speed(a.run, a.test, a.limit)
         return
-    rc = recipe("multi30k")
+    rc = recipe(a.preset)
     with tempfile.TemporaryDirectory() as tmp:  # the batches training draws: a store, cut by token budget
         store = prepare_store(Path(tmp) / "data", {"train": tuple(a.train), "valid": tuple(a.train)}, vocab_size=8000)
         tok = store.tokenizers[0]
@@ -150,22 +160,22 @@ def main() -> None:
         batches = [stream.next_batch() for _ in range(a.steps)]
     cfg = TransformerConfig(**{**vars(rc.model), "src_vocab_size": len(tok), "tgt_vocab_size": len(tok)})
     print(
-        f"multi30k model: d_model {cfg.d_model}, h {cfg.h}, N {cfg.N}, d_ff {cfg.d_ff}, vocab {len(tok)}, "
-        f"max_tokens {rc.train.max_tokens}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"{a.preset} model: d_model {cfg.d_model}, h {cfg.h}, N {cfg.N}, d_ff {cfg.d_ff}, vocab {len(tok)}, "
+        f"max_tokens {rc.train.max_tokens}, {a.precision}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    ours, theirs = compare(cfg, batches, ref_dropout=cfg.dropout)
+    ours, theirs = compare(cfg, batches, ref_dropout=cfg.dropout, precision=a.precision)
     print(
         f"training, dropout {cfg.dropout} (qkv: attention_dropout {cfg.attention_dropout}): "
         f"qkv {ours:,.0f} tok/s, nn.Transformer {theirs:,.0f} tok/s, ratio {ours / theirs:.2f}x"
     )
     cfg0 = TransformerConfig(**{**vars(cfg), "dropout": 0.0, "attention_dropout": 0.0})
-    ours0, theirs0 = compare(cfg0, batches, ref_dropout=0.0)
+    ours0, theirs0 = compare(cfg0, batches, ref_dropout=0.0, precision=a.precision)
     print(
         f"training, no dropout at all: qkv {ours0:,.0f} tok/s, nn.Transformer {theirs0:,.0f} tok/s, "
         f"ratio {ours0 / theirs0:.2f}x"
     )
     if a.profile:
-        profile_steps(cfg, batches, ref_dropout=cfg.dropout)
+        profile_steps(cfg, batches, ref_dropout=cfg.dropout, precision=a.precision)
     if a.run and a.test:
         decode_speed(a.run, a.test, a.limit)
 
