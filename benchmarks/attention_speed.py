@@ -30,7 +30,14 @@ from qkv import attention
 
 # (B, H, T=S, D, causal): translation batches (a padding mask) and language-model contexts (causal).
 RULE, TORCH = "qkv rule", "torch's choice"  # the two sides of the whole-step comparison
-SHAPES = [(64, 8, 24, False), (96, 4, 16, False), (4, 8, 64, True), (4, 8, 256, True), (4, 8, 512, True)]
+SHAPES = [
+    (64, 8, 24, False),
+    (96, 4, 16, False),
+    (4, 8, 64, True),
+    (4, 8, 128, True),
+    (4, 8, 256, True),
+    (4, 8, 512, True),
+]
 
 
 def kernel_ms(B: int, H: int, T: int, causal: bool, dtype: torch.dtype, rounds: int) -> dict[str, float]:

@@ -30,10 +30,11 @@ and math kernels remain, chosen by torch as usual.
 
 On the CPU in bf16/fp16, when autograd records, the fused path runs torch's math kernel for keys up to
 a length where it is faster (:func:`fused_backends`): the CPU flash kernel's backward in half precision
-is 3-4x slower than the math kernel's at translation lengths (measured on an AMD EPYC, Zen 4, bf16,
-B=64, H=8, T=S=24, D=64: forward + backward 22.2 ms against 9.9 ms; a whole Multi30k training step
-1.35x faster), and loses to it only from about 512 keys in bf16. ``benchmarks/attention_speed.py``
-measures both side by side. Forward-only calls (decoding, evaluation) keep torch's choice.
+is several times slower than the math kernel's at translation lengths (``benchmarks/attention_speed.py``
+on a 2-core AMD EPYC, Zen 4, bf16, D=64, forward + backward: B=64, H=8, T=S=24 with a padding mask 21.8
+against 11.0 ms; B=4, H=8, causal T=S=128 7.5 against 4.6 ms; a whole Multi30k training step 1.30x
+faster). In bf16 flash wins from 256 keys on; in fp16 its backward is 3-5x slower at every length
+measured (up to 512). Forward-only calls (decoding, evaluation) and fp32 keep torch's choice.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SD
 
 # The longest key length at which torch's CPU math kernel trains faster than its flash kernel, per half
 # precision dtype (None: at every length); measured by benchmarks/attention_speed.py (module docstring).
-CPU_MATH_TRAINING_MAX_S: dict[torch.dtype, int | None] = {torch.bfloat16: 256, torch.float16: None}
+CPU_MATH_TRAINING_MAX_S: dict[torch.dtype, int | None] = {torch.bfloat16: 128, torch.float16: None}
 
 
 def fused_backends(q: Tensor, k: Tensor, v: Tensor) -> list[SDPBackend] | None:

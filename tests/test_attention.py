@@ -83,7 +83,7 @@ def test_cpu_half_precision_training_runs_the_math_kernel_up_to_its_length(dtype
     # The CPU flash kernel's half-precision backward is the slow one (qkv/attention.py): the rule picks
     # the math kernel only when autograd records, in bf16/fp16, up to CPU_MATH_TRAINING_MAX_S keys.
     max_s = CPU_MATH_TRAINING_MAX_S.get(dtype)
-    for S in (7, 256, 257, 1024):
+    for S in (7, 128, 129, 1024):
         q, k, v = (t.to(dtype) for t in qkv_tensors(B=1, H=1, T=3, S=S, D=4))
         assert fused_backends(q, k, v) is None  # forward only: torch's choice
         k.requires_grad_(True)
@@ -91,7 +91,7 @@ def test_cpu_half_precision_training_runs_the_math_kernel_up_to_its_length(dtype
         assert fused_backends(q, k, v) == ([SDPBackend.MATH] if math_here else None), S
         with torch.no_grad():
             assert fused_backends(q, k, v) is None
-    assert CPU_MATH_TRAINING_MAX_S[torch.bfloat16] == 256 and CPU_MATH_TRAINING_MAX_S[torch.float16] is None
+    assert CPU_MATH_TRAINING_MAX_S[torch.bfloat16] == 128 and CPU_MATH_TRAINING_MAX_S[torch.float16] is None
 
 
 def test_the_math_kernel_rule_is_in_force_during_the_call_and_agrees_with_flash(monkeypatch):
