@@ -2,7 +2,9 @@
 and decoding speed of a trained run.
 
 Both models see the same token-budget batches, alternating step by step in one process, so that
-machine noise hits both alike. Prints target tokens/s of each and the ratio.
+machine noise hits both alike. Prints target tokens/s of each and the ratio. Each side computes the
+label-smoothed loss its own way: qkv with its fused loss, the reference as plain PyTorch does
+(``F.cross_entropy(..., label_smoothing=0.1)`` on float32 logits, qkv's readable reference path).
 
     python benchmarks/train_speed.py --train ../shared/data/multi30k/train.de ../shared/data/multi30k/train.en \
         [--steps 30] [--profile] [--preset multi30k-30min --precision bf16] \
@@ -17,6 +19,7 @@ import argparse
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,7 +31,8 @@ from qkv.data.store import BucketStream, prepare_store
 from qkv.devices import autocast
 from qkv.layers import SinusoidalPositionalEncoding
 from qkv.models import TransformerConfig, build_transformer
-from qkv.train import label_smoothed_loss, recipe
+from qkv.objectives import label_smoothed_loss, label_smoothed_loss_reference
+from qkv.train import recipe
 
 
 class TorchTransformer(nn.Module):
@@ -62,11 +66,14 @@ class TorchTransformer(nn.Module):
         return self.generator(out)
 
 
-def step(model: nn.Module, opt: torch.optim.Optimizer, batch, precision: str = "fp32") -> None:
+LOSSES = {"qkv": label_smoothed_loss, "nn.Transformer": label_smoothed_loss_reference}
+
+
+def step(model: nn.Module, opt: torch.optim.Optimizer, batch, loss_fn: Callable, precision: str = "fp32") -> None:
     """One training step (forward in ``precision``'s autocast region, label-smoothed loss, backward, Adam)."""
     with autocast(torch.device("cpu"), precision):
         logits = model(batch.src, batch.tgt_in)
-    loss = label_smoothed_loss(logits, batch.tgt_out, 0.1)
+    loss = loss_fn(logits, batch.tgt_out, 0.1)
     (loss / batch.num_target_tokens).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -83,9 +90,9 @@ def compare(
     times = [0.0, 0.0]
     tokens = 0
     for i, batch in enumerate(batches):
-        for j, (model, opt) in enumerate(zip((ours, theirs), opts, strict=True)):
+        for j, (model, opt, loss_fn) in enumerate(zip((ours, theirs), opts, LOSSES.values(), strict=True)):
             t0 = time.perf_counter()
-            step(model, opt, batch, precision)
+            step(model, opt, batch, loss_fn, precision)
             if i >= warmup:
                 times[j] += time.perf_counter() - t0
         if i >= warmup:
@@ -103,10 +110,10 @@ def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float, precision
     for name, model in sides.items():
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         for batch in batches[:2]:
-            step(model, opt, batch, precision)
+            step(model, opt, batch, LOSSES[name], precision)
         with profile() as prof:
             for batch in batches[2:6]:
-                step(model, opt, batch, precision)
+                step(model, opt, batch, LOSSES[name], precision)
         times = family_times(prof, training_family)
         print(f"profile, {name} (4 steps, {sum(times.values()) / 4e3:.0f} ms of operators a step): {shares(times)}")
 
