@@ -13,7 +13,7 @@ then trains ``qkv train shakespeare-char`` in the same process and prints the sa
 of tokens/s (side by side, one machine):
 
     python benchmarks/shakespeare_reference.py --text ../shared/data/tinyshakespeare/input.txt \
-        [--seed 0] [--init-std 0.02] [--qkv [compile=true]]
+        [--seed 0] [--init-std 0.02] [--precision fp32|bf16] [--qkv [compile=true] [precision=bf16]]
     python benchmarks/shakespeare_reference.py --text … [--init-std S] --profile 20  # where a step's time goes
 """
 
@@ -95,9 +95,11 @@ def random_batch(train: Tensor) -> tuple[Tensor, Tensor]:
     return x, torch.stack([train[s + 1 : s + 1 + CONTEXT] for s in starts])
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
-    """Forward, cross-entropy, backward, clipping at 1.0, the optimizer's step."""
-    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, bf16: bool = False) -> None:
+    """Forward, cross-entropy, backward, clipping at 1.0, the optimizer's step; with ``bf16`` the forward
+    and the loss in torch's bf16 autocast (fp32 weights and optimizer), as qkv's ``precision=bf16``."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -113,10 +115,10 @@ def encode(text: str) -> tuple[int, Tensor, Tensor]:
     return len(chars), data[:n], data[n:]
 
 
-def profile(text: str, steps: int, seed: int, init_std: float) -> None:
+def profile(text: str, steps: int, seed: int, init_std: float, bf16: bool = False) -> None:
     """Operator time of a training step by family, the reference's model against qkv's at this configuration
     (the same batches and the same plain loop), and the speed-up bound the reference's matrix products and
-    attention kernel leave to any implementation that runs them as fast."""
+    attention kernel leave to any implementation that runs them as fast (both in fp32, or both in bf16)."""
     import dataclasses
 
     from op_families import family_times, shares, training_family  # beside this script
@@ -132,10 +134,10 @@ def profile(text: str, steps: int, seed: int, init_std: float) -> None:
     for name, model in (("reference", TinyGPT(vocab, init_std)), ("qkv", GPT(cfg))):
         opt = adamw(model)
         for batch in batches[:3]:
-            train_step(model, opt, *batch)
+            train_step(model, opt, *batch, bf16=bf16)
         with torch_profile() as prof:
             for batch in batches[3:]:
-                train_step(model, opt, *batch)
+                train_step(model, opt, *batch, bf16=bf16)
         times = family_times(prof, training_family)
         total = sum(times.values())
         print(f"profile, {name} ({steps} steps, {total / steps / 1e3:.1f} ms of operators a step): {shares(times)}")
@@ -144,8 +146,9 @@ def profile(text: str, steps: int, seed: int, init_std: float) -> None:
             print(f"  bound: {total / kernels:.2f}x the reference with every other operator free")
 
 
-def reference(text: str, seed: int, init_std: float) -> dict[str, float]:
-    """Train the reference once: minutes of training, tokens/s, and the whole-split validation loss."""
+def reference(text: str, seed: int, init_std: float, bf16: bool = False) -> dict[str, float]:
+    """Train the reference once (in fp32, or with ``bf16`` in bf16 autocast): minutes of training, tokens/s,
+    and the whole-split validation loss (in fp32)."""
     vocab, train, valid = encode(text)
     torch.manual_seed(seed)
     model = TinyGPT(vocab, init_std)
@@ -154,7 +157,7 @@ def reference(text: str, seed: int, init_std: float) -> dict[str, float]:
     for it in range(STEPS):
         for g in opt.param_groups:
             g["lr"] = lr_at(it)
-        train_step(model, opt, *random_batch(train))
+        train_step(model, opt, *random_batch(train), bf16=bf16)
     seconds = time.perf_counter() - t0
     model.eval()
     windows = (len(valid) - 1) // CONTEXT
@@ -205,6 +208,12 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="also train `qkv train shakespeare-char` (with these overrides, e.g. compile=true) and compare",
     )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the reference's training precision: fp32 (as nanoGPT trains on a CPU) or bf16 autocast",
+    )
     p.add_argument("--profile", type=int, metavar="STEPS", help="only profile STEPS training steps of each model")
     a = p.parse_args()
     if a.profile is not None and (a.profile < 1 or a.qkv is not None):
@@ -214,10 +223,10 @@ def main() -> None:
 
     print(summary_line())
     if a.profile is not None:
-        profile(text, a.profile, a.seed, a.init_std)
+        profile(text, a.profile, a.seed, a.init_std, bf16=a.precision == "bf16")
         return
-    ref = reference(text, a.seed, a.init_std)
-    print(f"reference (seed {a.seed}, init_std {a.init_std}): {ref}", flush=True)
+    ref = reference(text, a.seed, a.init_std, bf16=a.precision == "bf16")
+    print(f"reference (seed {a.seed}, init_std {a.init_std}, {a.precision}): {ref}", flush=True)
     if a.qkv is not None:
         mine = qkv_run(a.text, a.seed, a.qkv)
         print(f"qkv shakespeare-char {' '.join(a.qkv)}: {mine}")

@@ -4,7 +4,8 @@ and decoding speed of a trained run.
 Both models see the same token-budget batches, alternating step by step in one process, so that
 machine noise hits both alike. Prints target tokens/s of each and the ratio. Each side computes the
 label-smoothed loss its own way: qkv with its fused loss, the reference as plain PyTorch does
-(``F.cross_entropy(..., label_smoothing=0.1)`` on float32 logits, qkv's readable reference path).
+(``F.cross_entropy(..., label_smoothing=0.1)`` on float32 logits, qkv's readable reference path), and
+each its own Adam: qkv's as its Trainer makes it (fused), torch's default (a loop over the parameters).
 
     python benchmarks/train_speed.py --train ../shared/data/multi30k/train.de ../shared/data/multi30k/train.en \
         [--steps 30] [--profile] [--preset multi30k-30min --precision bf16] \
@@ -32,7 +33,7 @@ from qkv.devices import autocast
 from qkv.layers import SinusoidalPositionalEncoding
 from qkv.models import TransformerConfig, build_transformer
 from qkv.objectives import label_smoothed_loss, label_smoothed_loss_reference
-from qkv.train import recipe
+from qkv.train import TrainConfig, make_optimizer, recipe
 
 
 class TorchTransformer(nn.Module):
@@ -69,6 +70,18 @@ class TorchTransformer(nn.Module):
 LOSSES = {"qkv": label_smoothed_loss, "nn.Transformer": label_smoothed_loss_reference}
 
 
+def qkv_adam(model: nn.Module) -> torch.optim.Optimizer:
+    """qkv's optimizer as its Trainer makes it (fused Adam where torch has the kernel), at lr 1e-4."""
+    opt = make_optimizer(model, TrainConfig())
+    for group in opt.param_groups:
+        group["lr"] = 1e-4
+    return opt
+
+
+# Each side's Adam: qkv's own, and torch's as plain PyTorch code makes it (on the CPU a loop over parameters).
+OPTIMIZERS = {"qkv": qkv_adam, "nn.Transformer": lambda model: torch.optim.Adam(model.parameters(), lr=1e-4)}
+
+
 def step(model: nn.Module, opt: torch.optim.Optimizer, batch, loss_fn: Callable, precision: str = "fp32") -> None:
     """One training step (forward in ``precision``'s autocast region, label-smoothed loss, backward, Adam)."""
     with autocast(torch.device("cpu"), precision):
@@ -86,7 +99,7 @@ def compare(
     torch.manual_seed(0)
     ours = build_transformer(cfg).train()
     theirs = TorchTransformer(cfg, ref_dropout).train()
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-4) for m in (ours, theirs)]
+    opts = [make(m) for make, m in zip(OPTIMIZERS.values(), (ours, theirs), strict=True)]
     times = [0.0, 0.0]
     tokens = 0
     for i, batch in enumerate(batches):
@@ -108,7 +121,7 @@ def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float, precision
     torch.manual_seed(0)
     sides = {"qkv": build_transformer(cfg).train(), "nn.Transformer": TorchTransformer(cfg, ref_dropout).train()}
     for name, model in sides.items():
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        opt = OPTIMIZERS[name](model)
         for batch in batches[:2]:
             step(model, opt, batch, LOSSES[name], precision)
         with profile() as prof:

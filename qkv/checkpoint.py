@@ -283,7 +283,9 @@ def load_trainer_state(run: Path, optimizer: torch.optim.Optimizer) -> dict[str,
             _, idx, key = name.split(".", 2)
             per_param.setdefault(int(idx), {})[key] = value
     try:
-        optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
+        optimizer.load_state_dict(
+            {"state": per_param, "param_groups": _with_kernels_of(optimizer, state.pop("param_groups"))}
+        )
         torch.set_rng_state(tensors["rng.torch"])
         device = _device_of(optimizer)
         if "rng.cuda" in tensors and device.type == "cuda":
@@ -291,6 +293,15 @@ def load_trainer_state(run: Path, optimizer: torch.optim.Optimizer) -> dict[str,
     except (KeyError, ValueError, RuntimeError) as e:
         raise QkvError(f"{run / STATE_TENSORS} does not match the model ({e}); this run cannot be resumed") from None
     return state
+
+
+def _with_kernels_of(optimizer: torch.optim.Optimizer, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Saved parameter groups with the kernel choice (fused, foreach) of the optimizer they go into: how the
+    update runs is this process's choice (a run saved before Adam was fused resumes fused), not the run's."""
+    return [
+        saved | {key: current[key] for key in ("fused", "foreach") if key in current}
+        for saved, current in zip(groups, optimizer.param_groups, strict=False)
+    ] + groups[len(optimizer.param_groups) :]
 
 
 def _kept_name(step: int) -> str:

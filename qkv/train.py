@@ -57,6 +57,7 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "Trainer",
+    "fused_adam",
     "label_smoothed_loss",
     "lr_at",
     "make_optimizer",
@@ -89,15 +90,26 @@ def lr_at(step: int, cfg: TrainConfig, d_model: int, minutes: float = 0.0) -> fl
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Adam with the config's betas and eps; with weight_decay > 0, AdamW decaying only the matrices
-    and embeddings (not biases or LayerNorm gains)."""
-    if cfg.weight_decay == 0:
-        return torch.optim.Adam(model.parameters(), lr=0.0, betas=cfg.betas, eps=cfg.eps)
+    and embeddings (not biases or LayerNorm gains). Fused (one kernel over every parameter) where torch
+    has that kernel, as :func:`fused_adam` says."""
     params = list(model.parameters())
+    fused = fused_adam(params)
+    if cfg.weight_decay == 0:
+        return torch.optim.Adam(params, lr=0.0, betas=cfg.betas, eps=cfg.eps, fused=fused)
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, eps=cfg.eps)
+    return torch.optim.AdamW(groups, lr=0.0, betas=cfg.betas, eps=cfg.eps, fused=fused)
+
+
+def fused_adam(params: list[torch.Tensor]) -> bool | None:
+    """True where every parameter is a floating-point tensor on the CPU or a CUDA GPU: torch's fused Adam
+    there updates every parameter in one kernel, the same update to float rounding (on the CPU its default
+    is a Python loop over the parameters: 23 against 3 ms a step for the 7.6M-parameter ``multi30k``
+    model); None (torch's own choice) elsewhere."""
+    ok = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return True if ok else None
 
 
 @dataclass

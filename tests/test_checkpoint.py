@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 import qkv
 from qkv import checkpoint
-from qkv.checkpoint import CHECKPOINT_FILES, recover, save_checkpoint
+from qkv.checkpoint import CHECKPOINT_FILES, load_trainer_state, recover, save_checkpoint
 from qkv.train import TrainConfig, make_optimizer
 
 
@@ -77,3 +78,22 @@ def test_kill_during_renames_is_rolled_forward(tiny_run, tmp_path, monkeypatch):
     assert not (run / "COMMIT").exists()
     assert '"step": 4242' in (run / "trainer_state.json").read_text()
     assert qkv.load(run).translate(["abc"])
+
+
+def test_a_run_saved_before_adam_was_fused_resumes_fused(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    state_file = run / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert all(g["fused"] for g in state["param_groups"])
+    for group in state["param_groups"]:
+        group["fused"] = None  # as torch's loop Adam wrote it
+    state_file.write_text(json.dumps(state))
+    loaded = qkv.load(run)
+    opt = make_optimizer(loaded.model, TrainConfig())
+    load_trainer_state(run, opt)
+    assert all(g["fused"] for g in opt.param_groups)
+    saved_moments = [opt.state[p]["exp_avg"].clone() for p in loaded.model.parameters() if p in opt.state]
+    assert saved_moments and any(m.abs().sum() > 0 for m in saved_moments)  # the run's moments came back
+    loss = sum(p.sum() for p in loaded.model.parameters())
+    loss.backward()
+    opt.step()  # the fused kernel runs on the restored state (its step counters included)

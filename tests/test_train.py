@@ -16,7 +16,17 @@ from safetensors.torch import load_file
 from qkv.data import Vocab, encode_pairs
 from qkv.errors import QkvError
 from qkv.models import TransformerConfig, build_transformer
-from qkv.train import RunConfig, TrainConfig, label_smoothed_loss, lr_at, make_optimizer, recipe, train, train_step
+from qkv.train import (
+    RunConfig,
+    TrainConfig,
+    fused_adam,
+    label_smoothed_loss,
+    lr_at,
+    make_optimizer,
+    recipe,
+    train,
+    train_step,
+)
 
 
 def test_noam_schedule_is_the_papers_formula():
@@ -84,6 +94,39 @@ def test_make_optimizer_is_the_papers_adam():
     opt = make_optimizer(torch.nn.Linear(2, 2), TrainConfig())
     assert isinstance(opt, torch.optim.Adam)
     assert opt.param_groups[0]["betas"] == (0.9, 0.98) and opt.param_groups[0]["eps"] == 1e-9
+
+
+def test_make_optimizer_is_fused_and_updates_as_torchs_loop():
+    """The fused kernel (qkv's choice on the CPU) updates as torch's default per-parameter loop does."""
+    torch.manual_seed(0)
+    ours, plain = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    plain.load_state_dict(ours.state_dict())
+    start = ours.weight.detach().clone()
+    for cfg in (TrainConfig(), TrainConfig(weight_decay=0.1)):
+        opt, ref = make_optimizer(ours, cfg), make_optimizer(plain, cfg)
+        assert all(g["fused"] for g in opt.param_groups)
+        for o in (opt, ref):
+            for g in o.param_groups:
+                g["lr"] = 1e-2
+        for g in ref.param_groups:
+            g["fused"] = None  # torch's default on the CPU: a loop over the parameters
+        for _ in range(5):
+            grads = [torch.randn_like(p) for p in ours.parameters()]
+            for model in (ours, plain):
+                for p, g in zip(model.parameters(), grads, strict=True):
+                    p.grad = g.clone()
+            opt.step()
+            ref.step()
+        for a, b in zip(ours.parameters(), plain.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert (ours.weight - start).abs().min() > 1e-3  # every weight moved: ten real updates were compared
+
+
+def test_fused_adam_only_where_torch_has_the_kernel():
+    assert fused_adam([torch.zeros(2)]) is True
+    assert fused_adam([torch.zeros(2, device="meta")]) is None
+    assert fused_adam([torch.zeros(2, dtype=torch.int64)]) is None
+    assert fused_adam([]) is None
 
 
 def _weights(run):
