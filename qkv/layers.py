@@ -48,7 +48,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), 2**63 - 1)
     r = words.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
     keep = r >= int(-32768 + round(p * 65536))
-    return x * (keep * (1.0 / (1.0 - p))).to(x.dtype)
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))  # the mask made in x's dtype: no float32 copy to cast
 
 
 class Dropout(nn.Module):

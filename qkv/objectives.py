@@ -9,9 +9,11 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["label_smoothed_loss", "label_smoothed_loss_reference", "token_loss"]
 
-# Rows of logits the fused loss handles at a time: about 2^20 values, whose float32 temporaries stay in a
-# CPU's cache instead of a (rows × V) float32 copy of the logits and of their log-softmax.
-CHUNK_VALUES = 1 << 20
+# Rows of logits the fused loss handles at a time: about 2^18 values, whose float32 temporaries (1 MiB)
+# stay in a core's L2 cache instead of a (rows × V) float32 copy of the logits and of their log-softmax.
+# Forward + backward on 1,530 × 8,000 bf16 logits, 2-core Xeon with 2 MiB of L2 a core: 29.2 ms at 2^18,
+# 29.6 at 2^19, 35.5 at 2^20 (4 MiB chunks), 40.6 at 2^16 (more chunks than the work pays for).
+CHUNK_VALUES = 1 << 18
 
 
 def label_smoothed_loss_reference(logits: Tensor, target: Tensor, eps: float, pad_id: int = 0) -> Tensor:
