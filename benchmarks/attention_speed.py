@@ -1,8 +1,9 @@
-"""Training speed of torch's CPU attention kernels, flash against math, and qkv's rule between them
-(``qkv.attention.fused_backends``), side by side in one process.
+"""Training speed of torch's CPU attention kernels, flash against math, and qkv's rule
+(``qkv.attention.trains_in_float32``: half-precision training at short lengths runs the reference path in
+float32), side by side in one process.
 
 1. The kernel alone: forward + backward of ``F.scaled_dot_product_attention`` with only the flash kernel
-   allowed, with only the math kernel allowed, and through qkv's fused path (which applies the rule), in
+   allowed, with only the math kernel allowed, and through qkv's attention (which applies the rule), in
    bf16, fp16 and fp32, at translation lengths (a key-padding mask) and at language-model lengths
    (causal); the three alternate round by round, and each figure is a median in milliseconds.
 2. ``--data STORE``: whole training steps of the trainer on a preset (default ``multi30k-30min``, bf16
@@ -93,8 +94,8 @@ def whole_steps(data: str, preset: str, steps: int, warmup: int = 5) -> None:
     from qkv.trainlog import TrainLog
 
     keep_freed_memory()  # as the qkv command does for its own process
-    rule = attention.fused_backends
-    torch_choice = lambda q, k, v: None if q.device.type == "cpu" else rule(q, k, v)  # noqa: E731
+    rule = attention.trains_in_float32
+    torch_choice = lambda q, k, v: False  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         cfg = recipe(preset).with_data(data=data).with_overrides([f"steps={warmup + steps}"])
         trainers = {}
@@ -109,7 +110,7 @@ def whole_steps(data: str, preset: str, steps: int, warmup: int = 5) -> None:
         try:
             for i in range(warmup + steps):
                 for name, trainer in trainers.items():
-                    attention.fused_backends = rule if name == RULE else torch_choice
+                    attention.trains_in_float32 = rule if name == RULE else torch_choice
                     t0 = time.perf_counter()
                     stats, _ = trainer.train_one_step()
                     if i >= warmup:
@@ -117,7 +118,7 @@ def whole_steps(data: str, preset: str, steps: int, warmup: int = 5) -> None:
                     losses[name] = stats.loss
                 tokens += stats.tokens if i >= warmup else 0
         finally:
-            attention.fused_backends = rule
+            attention.trains_in_float32 = rule
     rates = {name: tokens / s for name, s in seconds.items()}
     precision = next(iter(trainers.values())).precision
     print(

@@ -28,13 +28,16 @@ all the time: measured on an H200, bf16 decoding ran 11x slower than fp32 with i
 has open correctness bugs (NaN gradients for some lengths, PyTorch issue 196678). Flash, memory-efficient
 and math kernels remain, chosen by torch as usual.
 
-On the CPU in bf16/fp16, when autograd records, the fused path runs torch's math kernel for keys up to
-a length where it is faster (:func:`fused_backends`): the CPU flash kernel's backward in half precision
-is several times slower than the math kernel's at translation lengths (``benchmarks/attention_speed.py``
-on a 2-core AMD EPYC, Zen 4, bf16, D=64, forward + backward: B=64, H=8, T=S=24 with a padding mask 21.8
-against 11.0 ms; B=4, H=8, causal T=S=128 7.5 against 4.6 ms; a whole Multi30k training step 1.30x
-faster). In bf16 flash wins from 256 keys on; in fp16 its backward is 3-5x slower at every length
-measured (up to 512). Forward-only calls (decoding, evaluation) and fp32 keep torch's choice.
+On the CPU in bf16/fp16, when autograd records, attention up to a length runs the reference path in
+float32 (:func:`trains_in_float32`): the CPU flash kernel's backward in half precision is several times
+slower than the math kernel's at translation lengths (``benchmarks/attention_speed.py`` on a 2-core AMD
+EPYC, Zen 4, bf16, D=64, forward + backward: B=64, H=8, T=S=24 with a padding mask 21.8 against 11.0 ms;
+B=4, H=8, causal T=S=128 7.5 against 4.6 ms; a whole Multi30k training step 1.30x faster), and the math
+kernel itself computes in float32 from upcast copies of Q, K and V: written out in float32, the same
+computation with the same rounding skips its per-call work (safe softmax, reshaping copies), 2-3% of a
+whole Multi30k training step on a 2-core Xeon with AMX. In bf16 flash wins from 256 keys on; in fp16 its
+backward is 3-5x slower at every length measured (up to 512). Forward-only calls (decoding, evaluation)
+and fp32 keep torch's choice.
 """
 
 from __future__ import annotations
@@ -58,7 +61,9 @@ __all__ = [
     "attention_reference",
     "causal_mask",
     "dot_product_attention",
+    "fused_backends",
     "scaled_dot_product_attention",
+    "trains_in_float32",
 ]
 
 
@@ -75,26 +80,29 @@ def causal_mask(T: int, S: int | None = None, *, device: torch.device | None = N
 FUSED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-# The longest key length at which torch's CPU math kernel trains faster than its flash kernel, per half
-# precision dtype (None: at every length); measured by benchmarks/attention_speed.py (module docstring).
-CPU_MATH_TRAINING_MAX_S: dict[torch.dtype, int | None] = {torch.bfloat16: 128, torch.float16: None}
+# The longest key length at which attention written out in float32 trains faster than torch's CPU flash
+# kernel, per half-precision dtype (None: at every length); measured by benchmarks/attention_speed.py
+# (module docstring).
+CPU_FLOAT32_TRAINING_MAX_S: dict[torch.dtype, int | None] = {torch.bfloat16: 128, torch.float16: None}
 
 
 def fused_backends(q: Tensor, k: Tensor, v: Tensor) -> list[SDPBackend] | None:
-    """The SDPA kernels the fused path allows for these inputs, or None for torch's own choice.
-
-    CUDA in bf16/fp16: all but cuDNN's. CPU in bf16/fp16 while autograd records, with at most
-    ``CPU_MATH_TRAINING_MAX_S[dtype]`` keys: the math kernel only. The reasons are in the module docstring.
-    """
-    if q.dtype not in (torch.bfloat16, torch.float16):
-        return None  # fp32 and fp64: torch's choice everywhere
-    if q.is_cuda:
+    """The SDPA kernels the fused path allows for these inputs, or None for torch's own choice: on CUDA in
+    bf16/fp16 all but cuDNN's (the reasons are in the module docstring)."""
+    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         return FUSED_BACKENDS
-    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    max_s = CPU_MATH_TRAINING_MAX_S[q.dtype]
-    if q.device.type == "cpu" and training and (max_s is None or k.size(-2) <= max_s):
-        return [SDPBackend.MATH]
     return None
+
+
+def trains_in_float32(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """True where attention runs the reference path in float32 instead of a fused kernel: on the CPU, in
+    bf16/fp16, while autograd records, at most ``CPU_FLOAT32_TRAINING_MAX_S[dtype]`` keys (module docstring)."""
+    if q.device.type != "cpu" or q.dtype not in CPU_FLOAT32_TRAINING_MAX_S:
+        return False
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return False
+    max_s = CPU_FLOAT32_TRAINING_MAX_S[q.dtype]
+    return max_s is None or k.size(-2) <= max_s
 
 
 def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, **kwargs) -> Tensor:
@@ -152,17 +160,22 @@ def scaled_dot_product_attention(
     broadcastable to (..., T, S). ``scale=None`` means 1/√d_k; ``scale=1.0`` is plain dot-product
     attention. ``is_causal=True`` adds the causal mask (queries are the last T of the S positions).
     Weights are computed only when ``need_weights`` is set (reference path); otherwise torch's
-    fused kernel runs.
+    fused kernel runs, except where :func:`trains_in_float32` (CPU half-precision training at short
+    lengths): the reference path in float32.
     """
+    written_out = need_weights or trains_in_float32(q, k, v)
     if is_causal and q.size(-2) == 1:
         is_causal = False  # a single query is the last position: it sees every key
     if is_causal:
         cm = causal_mask(q.size(-2), k.size(-2), device=q.device)
-        if need_weights or mask is not None or q.size(-2) != k.size(-2):
+        if written_out or mask is not None or q.size(-2) != k.size(-2):
             mask = cm if mask is None else mask & cm
             is_causal = False
     if need_weights:
         return attention_reference(q, k, v, mask, scale=scale, dropout_p=dropout_p)
+    if written_out:  # float32 copies, as torch's math kernel makes them; the output in the inputs' dtype
+        out, _ = attention_reference(q.float(), k.float(), v.float(), mask, scale=scale, dropout_p=dropout_p)
+        return out.to(q.dtype), None
     # Fused path. Rows with no visible key would give NaN in some kernels: let them see every key,
     # then zero their output, which also keeps their gradients at exactly zero.
     empty_rows = None

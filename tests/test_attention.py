@@ -13,7 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from qkv.attention import (
     ATTENTION_VARIANTS,
-    CPU_MATH_TRAINING_MAX_S,
+    CPU_FLOAT32_TRAINING_MAX_S,
     KVCache,
     MultiHeadAttention,
     additive_attention,
@@ -24,6 +24,7 @@ from qkv.attention import (
     dot_product_attention,
     fused_backends,
     scaled_dot_product_attention,
+    trains_in_float32,
 )
 
 torch.set_default_dtype(torch.float32)
@@ -79,46 +80,48 @@ def test_the_fused_path_leaves_out_cudnn_on_a_gpu_in_half_precision(dtype, fake_
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_cpu_half_precision_training_runs_the_math_kernel_up_to_its_length(dtype):
-    # The CPU flash kernel's half-precision backward is the slow one (qkv/attention.py): the rule picks
-    # the math kernel only when autograd records, in bf16/fp16, up to CPU_MATH_TRAINING_MAX_S keys.
-    max_s = CPU_MATH_TRAINING_MAX_S.get(dtype)
+def test_cpu_half_precision_training_runs_in_float32_up_to_its_length(dtype):
+    # The CPU flash kernel's half-precision backward is the slow one (qkv/attention.py): the rule writes
+    # attention out in float32 only when autograd records, in bf16/fp16, up to CPU_FLOAT32_TRAINING_MAX_S keys.
+    max_s = CPU_FLOAT32_TRAINING_MAX_S.get(dtype)
     for S in (7, 128, 129, 1024):
         q, k, v = (t.to(dtype) for t in qkv_tensors(B=1, H=1, T=3, S=S, D=4))
-        assert fused_backends(q, k, v) is None  # forward only: torch's choice
+        assert not trains_in_float32(q, k, v)  # forward only: torch's choice
         k.requires_grad_(True)
-        math_here = dtype != torch.float32 and (max_s is None or S <= max_s)
-        assert fused_backends(q, k, v) == ([SDPBackend.MATH] if math_here else None), S
+        here = dtype != torch.float32 and (max_s is None or S <= max_s)
+        assert trains_in_float32(q, k, v) == here, S
+        assert fused_backends(q, k, v) is None  # on the CPU torch's kernels are never restricted
         with torch.no_grad():
-            assert fused_backends(q, k, v) is None
-    assert CPU_MATH_TRAINING_MAX_S[torch.bfloat16] == 128 and CPU_MATH_TRAINING_MAX_S[torch.float16] is None
+            assert not trains_in_float32(q, k, v)
+    assert CPU_FLOAT32_TRAINING_MAX_S[torch.bfloat16] == 128 and CPU_FLOAT32_TRAINING_MAX_S[torch.float16] is None
 
 
-def test_the_math_kernel_rule_is_in_force_during_the_call_and_agrees_with_flash(monkeypatch):
-    seen = []
+def test_training_in_float32_calls_no_kernel_and_equals_the_math_kernel(monkeypatch):
+    # Under the rule attention is the reference path on float32 copies: what torch's math kernel computes
+    # (it upcasts bf16 inputs the same way), so both agree to float32 rounding before the outputs' bf16;
+    # flash (torch's own choice) agrees to bf16 rounding. Fully masked rows give zeros, not NaN.
+    calls = []
     real = F.scaled_dot_product_attention
-
-    def spy(*args, **kwargs):
-        seen.append((torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     q, k, v = (t.to(torch.bfloat16).requires_grad_(True) for t in qkv_tensors(B=4, H=2, T=9, S=9, D=16))
     mask = random_mask(4, 9, 9)
     mask[..., 0] = True
     grad = torch.randn(4, 2, 9, 16, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
-    before = torch.backends.cuda.flash_sdp_enabled()
     for is_causal, m in ((True, None), (False, mask)):
-        out, _ = scaled_dot_product_attention(q, k, v, m, is_causal=is_causal)  # the rule: math
-        (dq, dk, dv) = torch.autograd.grad(out, (q, k, v), grad)
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):  # torch's own choice on the CPU
-            flash = real(q, k, v, attn_mask=m, is_causal=is_causal, scale=0.25)
-            flash_grads = torch.autograd.grad(flash, (q, k, v), grad)
-        torch.testing.assert_close(out, flash, atol=2e-2, rtol=2e-2)
-        for mine, theirs in zip((dq, dk, dv), flash_grads, strict=True):
-            torch.testing.assert_close(mine, theirs, atol=5e-2, rtol=5e-2)
-    assert seen == [(False, True), (False, True)]  # only the math kernel was enabled in the call
-    assert torch.backends.cuda.flash_sdp_enabled() == before  # restored after it
+        out, _ = scaled_dot_product_attention(q, k, v, m, is_causal=is_causal, scale=0.25)
+        grads = torch.autograd.grad(out, (q, k, v), grad)
+        assert not calls
+        for backend, tol in ((SDPBackend.MATH, 1e-2), (SDPBackend.FLASH_ATTENTION, 5e-2)):
+            with sdpa_kernel([backend]):
+                theirs = real(q, k, v, attn_mask=m, is_causal=is_causal, scale=0.25)
+                their_grads = torch.autograd.grad(theirs, (q, k, v), grad)
+            torch.testing.assert_close(out, theirs, atol=tol, rtol=tol)
+            for mine, their in zip(grads, their_grads, strict=True):
+                torch.testing.assert_close(mine, their, atol=tol, rtol=tol)
+    empty = mask.clone()
+    empty[0, ..., 2, :] = False  # a query that sees no key
+    out, _ = scaled_dot_product_attention(q, k, v, empty)
+    assert out.dtype == torch.bfloat16 and bool((out[0, :, 2] == 0).all()) and bool(torch.isfinite(out).all())
 
 
 def test_scale_none_is_inverse_sqrt_dk_and_scale_one_is_dot_product():
