@@ -174,7 +174,9 @@ def scaled_dot_product_attention(
     if need_weights:
         return attention_reference(q, k, v, mask, scale=scale, dropout_p=dropout_p)
     if written_out:  # float32 copies, as torch's math kernel makes them; the output in the inputs' dtype
-        out, _ = attention_reference(q.float(), k.float(), v.float(), mask, scale=scale, dropout_p=dropout_p)
+        # contiguous copies: the heads' transposed views would be copied again by each matmul
+        q32, k32, v32 = (t.to(torch.float32, memory_format=torch.contiguous_format) for t in (q, k, v))
+        out, _ = attention_reference(q32, k32, v32, mask, scale=scale, dropout_p=dropout_p)
         return out.to(q.dtype), None
     # Fused path. Rows with no visible key would give NaN in some kernels: let them see every key,
     # then zero their output, which also keeps their gradients at exactly zero.
