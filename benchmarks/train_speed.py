@@ -6,10 +6,13 @@ machine noise hits both alike. Prints target tokens/s of each and the ratio. Eac
 label-smoothed loss its own way: qkv with its fused loss, the reference as plain PyTorch does
 (``F.cross_entropy(..., label_smoothing=0.1)`` on float32 logits, qkv's readable reference path), and
 each its own Adam: qkv's as its Trainer makes it (fused), torch's default (a loop over the parameters).
+Both share the process's allocator: glibc's default, or with ``--keep-freed-memory`` the setting the qkv
+command runs in (freed memory kept for reuse), which spares the reference's large float32 loss temporaries
+their fresh pages at every step and so narrows the ratio.
 
     python benchmarks/train_speed.py --train ../shared/data/multi30k/train.de ../shared/data/multi30k/train.en \
         [--steps 30] [--profile] [--preset multi30k-30min --precision bf16] \
-        [--run RUN --test ../shared/data/multi30k/test_2016_flickr.de]
+        [--run RUN --test ../shared/data/multi30k/test_2016_flickr.de] [--keep-freed-memory]
     python benchmarks/train_speed.py --run RUN --test ../shared/data/multi30k/test_2016_flickr.de  # decoding:
         # fp32 against int8 weights (int8 and int8-mixed)
 """
@@ -29,7 +32,7 @@ from torch import nn
 import qkv
 from qkv.data import read_lines
 from qkv.data.store import BucketStream, prepare_store
-from qkv.devices import autocast
+from qkv.devices import autocast, keep_freed_memory
 from qkv.layers import SinusoidalPositionalEncoding
 from qkv.models import TransformerConfig, build_transformer
 from qkv.objectives import label_smoothed_loss, label_smoothed_loss_reference
@@ -161,11 +164,19 @@ def main() -> None:
     p.add_argument("--test", help="source sentences to decode (with --run)")
     p.add_argument("--limit", type=int, default=1000, help="most test sentences to decode")
     p.add_argument("--profile", action="store_true", help="also: each side's operator time by family")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="both sides keep freed memory for reuse, as the qkv command does for its process (default: glibc's "
+        "malloc as plain PyTorch runs, which maps large blocks afresh and faults their pages in at every step)",
+    )
     p.add_argument("--preset", default="multi30k", help="the recipe whose model and token budget to use")
     p.add_argument(
         "--precision", choices=("fp32", "bf16"), default="fp32", help="both sides' training precision (autocast)"
     )
     a = p.parse_args()
+    if a.keep_freed_memory:
+        keep_freed_memory()
     if a.train is None:
         if not (a.run and a.test):
             p.error("give --train SRC TGT, or --run RUN --test FILE (decoding only), or both")
