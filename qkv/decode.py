@@ -132,29 +132,31 @@ def greedy(
     max_len: int | None = None,
     use_cache: bool = True,
 ) -> list[Hypothesis]:
-    """Greedy decoding of a batch of sources (B, S): the most likely token at each step. A row that has
-    produced <eos> leaves the batch (its memory, mask and cache rows with it), so the steps after it cost
-    only the rows still going."""
+    """Greedy decoding of a batch of sources (B, S): the most likely token at each step. Rows that have
+    produced <eos> leave the batch (their memory, mask and cache rows with them) once a quarter of the
+    rows in it have, so the steps after it cost only the rows still going; until then a finished row is
+    fed padding and its score and tokens stay as they were (a row's tokens never depend on the others)."""
     max_len = default_max_len(model, src) if max_len is None else max_len
     _check_max_len(model, max_len)
-    B, dev = src.size(0), src.device
+    B, dev, pad = src.size(0), src.device, model.cfg.pad_id
     memory, src_mask, _ = model.encode(src)  # (B, S, d_model), (B, 1, 1, S)
     cache = model.new_cache(max_len + 1) if use_cache else None
-    ys = torch.full((B, max_len + 1), model.cfg.pad_id, dtype=torch.long, device=dev)  # (B, 1 + max_len)
+    ys = torch.full((B, max_len + 1), pad, dtype=torch.long, device=dev)  # (B, 1 + max_len)
     ys[:, 0] = bos_id
     log_prob = torch.zeros(B, device=dev)
-    live = torch.arange(B, device=dev)  # (B',) the rows of ys still being decoded
+    live = torch.arange(B, device=dev)  # (B',) the rows of ys in the batch
+    going = torch.ones(B, dtype=torch.bool, device=dev)  # (B',) which of them have not ended
     t = 0
-    while t < max_len and live.numel() > 0:
+    while t < max_len and bool(going.any()):
         lp = next_log_probs(model, ys[live, : t + 1], memory, src_mask, cache)  # (B', V)
         best_lp, tok = lp.max(dim=-1)  # (B',), (B',)
-        log_prob[live] += best_lp
+        log_prob[live] += best_lp.masked_fill(~going, 0.0)
         t += 1
-        ys[live, t] = tok
-        ended = tok == eos_id  # (B',)
-        if bool(ended.any()):
-            keep = (~ended).nonzero().flatten()  # (B'',) positions of the rows going on
-            live = live[keep]
+        ys[live, t] = tok.masked_fill(~going, pad)
+        going &= tok != eos_id
+        if 4 * int((~going).sum()) >= going.numel():  # a quarter of the batch has ended: those rows leave
+            keep = going.nonzero().flatten()  # (B'',) positions of the rows going on
+            live, going = live[keep], going[keep]
             memory, src_mask = _keep_rows(keep, memory, src_mask, cache)
     hyps = []
     for b in range(B):

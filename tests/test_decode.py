@@ -118,6 +118,20 @@ def test_decoders_preallocate_the_cache_to_the_longest_target():
     assert asked == [13, 13]  # <bos> + 12 tokens: the caches are never reallocated
 
 
+def test_greedy_rows_leave_in_groups_of_a_quarter(trained, monkeypatch):
+    """A finished greedy row stays in the batch (fed padding) until a quarter of the batch has finished, then
+    those rows leave together: every step holds every row still going, and fewer finished rows than a quarter."""
+    model, src = trained
+    rows = []
+    real = model.decode
+    monkeypatch.setattr(model, "decode", lambda tgt, *a, **k: rows.append(tgt.size(0)) or real(tgt, *a, **k))
+    lengths = [len(h.tokens) for h in greedy(model, src, max_len=20)]  # a row decodes steps 0..length-1
+    for step, n in enumerate(rows):
+        going = sum(length > step for length in lengths)
+        assert going <= n and 4 * (n - going) < n, (step, n, going)
+    assert len(set(rows)) < len(set(lengths))  # fewer compactions than distinct end steps
+
+
 @pytest.mark.parametrize("beam", [1, 3])
 @pytest.mark.parametrize("which", [0, 1, "trained"])
 def test_finished_sources_leave_the_batch_and_change_nothing(which, beam, request, monkeypatch):
