@@ -135,7 +135,7 @@ def greedy(
     """Greedy decoding of a batch of sources (B, S): the most likely token at each step. Rows that have
     produced <eos> leave the batch (their memory, mask and cache rows with them) once a quarter of the
     rows in it have, so the steps after it cost only the rows still going; until then a finished row is
-    fed padding and its score and tokens stay as they were (a row's tokens never depend on the others)."""
+    fed padding, and its score and tokens stay as they were at its <eos>."""
     max_len = default_max_len(model, src) if max_len is None else max_len
     _check_max_len(model, max_len)
     B, dev, pad = src.size(0), src.device, model.cfg.pad_id
