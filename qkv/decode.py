@@ -147,7 +147,7 @@ def greedy(
     live = torch.arange(B, device=dev)  # (B',) the rows of ys in the batch
     going = torch.ones(B, dtype=torch.bool, device=dev)  # (B',) which of them have not ended
     t = 0
-    while t < max_len and bool(going.any()):
+    while t < max_len and live.numel() > 0:  # once every row has ended, the rule below empties the batch
         lp = next_log_probs(model, ys[live, : t + 1], memory, src_mask, cache)  # (B', V)
         best_lp, tok = lp.max(dim=-1)  # (B',), (B',)
         log_prob[live] += best_lp.masked_fill(~going, 0.0)
