@@ -3,7 +3,8 @@ and decoding speed of a trained run.
 
 Both models see the same token-budget batches, alternating step by step in one process, so that
 machine noise hits both alike. Prints target tokens/s of each and the ratio. Each side computes the
-label-smoothed loss its own way: qkv with its fused loss, the reference as plain PyTorch does
+label-smoothed loss its own way: qkv as its Trainer does (``model(src, tgt_in, target=tgt_out)``: the
+output projection and the loss in one pass), the reference as plain PyTorch does
 (``F.cross_entropy(..., label_smoothing=0.1)`` on float32 logits, qkv's readable reference path), and
 each its own Adam: qkv's as its Trainer makes it (fused), torch's default (a loop over the parameters).
 Both share the process's allocator: glibc's default, or with ``--keep-freed-memory`` the setting the qkv
@@ -35,7 +36,7 @@ from qkv.data.store import BucketStream, prepare_store
 from qkv.devices import autocast, keep_freed_memory
 from qkv.layers import SinusoidalPositionalEncoding
 from qkv.models import TransformerConfig, build_transformer
-from qkv.objectives import label_smoothed_loss, label_smoothed_loss_reference
+from qkv.objectives import label_smoothed_loss_reference
 from qkv.train import TrainConfig, make_optimizer, recipe
 
 
@@ -70,7 +71,17 @@ class TorchTransformer(nn.Module):
         return self.generator(out)
 
 
-LOSSES = {"qkv": label_smoothed_loss, "nn.Transformer": label_smoothed_loss_reference}
+def qkv_loss(model: nn.Module, batch) -> torch.Tensor:
+    """qkv's loss as its Trainer computes it: the model's generator and the label-smoothed loss in one pass."""
+    return model(batch.src, batch.tgt_in, target=batch.tgt_out, label_smoothing=0.1).loss
+
+
+def reference_loss(model: nn.Module, batch) -> torch.Tensor:
+    """The plain-PyTorch loss: logits, then ``F.cross_entropy`` on a float32 copy of them."""
+    return label_smoothed_loss_reference(model(batch.src, batch.tgt_in), batch.tgt_out, 0.1)
+
+
+LOSSES = {"qkv": qkv_loss, "nn.Transformer": reference_loss}
 
 
 def qkv_adam(model: nn.Module) -> torch.optim.Optimizer:
@@ -86,10 +97,9 @@ OPTIMIZERS = {"qkv": qkv_adam, "nn.Transformer": lambda model: torch.optim.Adam(
 
 
 def step(model: nn.Module, opt: torch.optim.Optimizer, batch, loss_fn: Callable, precision: str = "fp32") -> None:
-    """One training step (forward in ``precision``'s autocast region, label-smoothed loss, backward, Adam)."""
+    """One training step (forward and label-smoothed loss in ``precision``'s autocast region, backward, Adam)."""
     with autocast(torch.device("cpu"), precision):
-        logits = model(batch.src, batch.tgt_in)
-    loss = loss_fn(logits, batch.tgt_out, 0.1)
+        loss = loss_fn(model, batch)
     (loss / batch.num_target_tokens).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["label_smoothed_loss", "label_smoothed_loss_reference", "token_loss"]
+__all__ = [
+    "LossSums",
+    "label_smoothed_loss",
+    "label_smoothed_loss_reference",
+    "linear_label_smoothed_loss",
+    "token_loss",
+]
 
 # Rows of logits the fused loss handles at a time: about 2^18 values, whose float32 temporaries (1 MiB)
 # stay in a core's L2 cache instead of a (rows × V) float32 copy of the logits and of their log-softmax.
@@ -76,3 +84,89 @@ def token_loss(logits: Tensor, target: Tensor, eps: float = 0.0, ignore_index: i
     """Summed (optionally label-smoothed) cross-entropy of every target that is not ``ignore_index``:
     the causal-LM loss (no ignored targets) and the masked-LM loss (unselected tokens are -100)."""
     return label_smoothed_loss(logits, target, eps, ignore_index)
+
+
+class LossSums(NamedTuple):
+    """A batch's summed label-smoothed loss (differentiable) and its plain NLL sum (detached)."""
+
+    loss: Tensor
+    nll: Tensor
+
+
+class _FusedLinearSmoothedCrossEntropy(torch.autograd.Function):
+    """The output projection and the loss as one step: logits = h Wᵀ + b, then the loss of
+    :class:`_FusedSmoothedCrossEntropy` and its gradient G = kept · (softmax - (1-ε)·onehot_t - ε/V)
+    computed in the same chunked pass, written over the logits (one (N, V) buffer in all). The backward
+    is then two matrix products, dh = G W and dW = Gᵀ h, scaled by the incoming gradient on their small
+    results instead of on G."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, target, eps, ignore_index):  # h (N, d), weight (V, d), target (N,)
+        dtype = _compute_dtype(h, weight)
+        hc, wc = h.to(dtype), weight.to(dtype)  # what autocast would multiply
+        G = F.linear(hc, wc, None if bias is None else bias.to(dtype))  # (N, V): logits, then their gradient
+        keep = target != ignore_index
+        t = torch.where(keep, target, torch.zeros_like(target))[:, None]  # ignored rows: any valid index
+        rows = torch.empty(h.size(0), 2, dtype=torch.float32, device=h.device)  # (N, 2): smoothed, plain
+        V = G.size(1)
+        step = max(1, CHUNK_VALUES // V)
+        for i in range(0, G.size(0), step):
+            chunk = G[i : i + step]
+            x = chunk.float()  # (C, V); the chunk itself in float32
+            x = x.sub_(x.amax(dim=1, keepdim=True))  # x - max: exp cannot overflow; lse, means and x_t shift alike
+            nll = x.gather(1, t[i : i + step]).squeeze(1).neg_()  # -x_t
+            smooth = x.mean(dim=1).neg_()  # -mean_v x_v
+            total = x.exp_().sum(dim=1, keepdim=True)  # Σ_v exp(x_v)
+            lse = total.log().squeeze(1)
+            rows[i : i + step, 1] = nll.add_(lse)
+            rows[i : i + step, 0] = (1 - eps) * rows[i : i + step, 1] + eps * smooth.add_(lse)
+            x.div_(total).sub_(eps / V)  # softmax - ε/V
+            x.scatter_add_(1, t[i : i + step], x.new_full((x.size(0), 1), eps - 1))
+            if x is not chunk:
+                chunk.copy_(x)
+        G[~keep] = 0
+        ctx.save_for_backward(G, hc, wc)
+        ctx.dtypes = (h.dtype, weight.dtype, None if bias is None else bias.dtype)
+        loss, nll = torch.where(keep[:, None], rows, torch.zeros_like(rows)).sum(dim=0).unbind()
+        ctx.mark_non_differentiable(nll)
+        return loss, nll
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor, _grad_nll: Tensor) -> tuple[Tensor | None, ...]:
+        G, hc, wc = ctx.saved_tensors
+        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        dh = (G @ wc).to(h_dtype).mul_(grad)  # (N, d)
+        dw = (G.t() @ hc).to(w_dtype).mul_(grad)  # (V, d)
+        db = None if b_dtype is None else G.sum(dim=0, dtype=torch.float32).to(b_dtype).mul_(grad)
+        return dh, dw, db, None, None, None
+
+
+def _compute_dtype(h: Tensor, weight: Tensor) -> torch.dtype:
+    """The dtype the projection multiplies in: autocast's where it is on for h's device, else the inputs'."""
+    kind = h.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return torch.promote_types(h.dtype, weight.dtype)
+
+
+def linear_label_smoothed_loss(
+    h: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, eps: float, ignore_index: int = 0
+) -> LossSums:
+    """The label-smoothed loss of the logits h Wᵀ + b, summed over targets that are not ``ignore_index``,
+    and the plain NLL sum beside it; h (B, T, d), weight (V, d), target (B, T).
+
+    Equal to ``label_smoothed_loss(F.linear(h, weight, bias), target, eps)`` (tested), a third faster
+    forward + backward (the gradient is made in the loss's own pass over the logits), and under autocast
+    it multiplies in autocast's dtype as ``F.linear`` would. Under ``torch.compile`` it is that readable
+    composition (the compiler fuses its own)."""
+    if torch.compiler.is_compiling():
+        logits = F.linear(h, weight, bias)
+        loss = label_smoothed_loss_reference(logits, target, eps, ignore_index)
+        nll = label_smoothed_loss_reference(logits.detach(), target, 0.0, ignore_index) if eps else loss.detach()
+        return LossSums(loss, nll)
+    d = h.size(-1)
+    loss, nll = _FusedLinearSmoothedCrossEntropy.apply(
+        h.reshape(-1, d), weight, bias, target.reshape(-1), eps, ignore_index
+    )
+    return LossSums(loss, nll)

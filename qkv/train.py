@@ -147,7 +147,7 @@ def train_step(
     if loss_fn is None:
 
         def loss_fn(m: nn.Module, b: Any) -> torch.Tensor:
-            return label_smoothed_loss(m(b.src, b.tgt_in), b.tgt_out, cfg.label_smoothing, core.cfg.pad_id)
+            return m(b.src, b.tgt_in, target=b.tgt_out, label_smoothing=cfg.label_smoothing).loss
 
     lr = lr_at(step, cfg, core.cfg.d_model, minutes)
     for group in optimizer.param_groups:

@@ -131,6 +131,13 @@ class TranslationHooks(TrainingHooks):
     def logits_and_target(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return model(batch.src, batch.tgt_in), batch.tgt_out
 
+    def loss_sum(self, model: nn.Module, batch: Any, eps: float) -> torch.Tensor:
+        """The model's own loss (the generator and the loss in one pass), which gives the NLL for free."""
+        sums = model(batch.src, batch.tgt_in, target=batch.tgt_out, label_smoothing=eps)
+        if self.nll is not None:
+            self.nll.append(float(sums.nll))
+        return sums.loss
+
     def ignore_index(self) -> int:
         return self.cfg.model.pad_id
 

@@ -138,7 +138,7 @@ class ConvS2S(EncoderDecoderModel):
         z = self.enc_out(x)  # (B, S, E)
         return torch.cat([z, z + e], dim=-1), padding_mask(src, self.cfg.pad_id), None  # (B, S, 2E), (B, 1, 1, S)
 
-    def decode(
+    def decode_states(
         self,
         tgt: Tensor,
         memory: Tensor,
@@ -147,7 +147,7 @@ class ConvS2S(EncoderDecoderModel):
         cache: ConvCache | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, list[LayerWeights] | None]:
-        """tgt (B, T) -> logits (B, T, V). With a ``cache``, ``tgt`` holds only the new positions and
+        """tgt (B, T) -> the generator's inputs (B, T, E). With a ``cache``, ``tgt`` holds only the new positions and
         each block's window reaches back into the cached inputs. Weights: each block's attention
         (B, 1, T, S), as cross-attention."""
         offset = 0 if cache is None else cache.length
@@ -171,7 +171,7 @@ class ConvS2S(EncoderDecoderModel):
                 weights.append(LayerWeights(None, w))
         if cache is not None:
             cache.length = offset + tgt.size(1)
-        return self.generator(self.dropout(self.dec_out(x))), weights  # (B, T, V)
+        return self.dropout(self.dec_out(x)), weights  # (B, T, E)
 
     def new_cache(self, capacity: int | None = None) -> ConvCache:
         """An empty decoder cache (``capacity`` is unused: each block keeps kernel-1 positions)."""

@@ -112,7 +112,7 @@ class RNNSeq2Seq(EncoderDecoderModel):
         mean = (memory * real).sum(1) / real.sum(1).clamp(min=1.0)  # (B, Hd)
         return torch.tanh(self.init_state(mean))
 
-    def decode(
+    def decode_states(
         self,
         tgt: Tensor,
         memory: Tensor,
@@ -121,9 +121,9 @@ class RNNSeq2Seq(EncoderDecoderModel):
         cache: RNNCache | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, list[LayerWeights] | None]:
-        """tgt (B, T) -> logits (B, T, V), one GRU step per position. With a ``cache``, ``tgt`` holds only
-        the new positions and the state continues from the cache. Weights: the additive attention of
-        each step, as one layer's cross-attention (B, 1, T, S)."""
+        """tgt (B, T) -> the generator's inputs (B, T, E), one GRU step per position. With a ``cache``,
+        ``tgt`` holds only the new positions and the state continues from the cache. Weights: the additive
+        attention of each step, as one layer's cross-attention (B, 1, T, S)."""
         offset = 0 if cache is None else cache.length
         check_length(tgt, self.cfg.max_len, offset)
         if cache is not None and cache.state is not None and cache.keys is not None:
@@ -144,7 +144,7 @@ class RNNSeq2Seq(EncoderDecoderModel):
             cache.state, cache.keys, cache.length = state, keys, offset + tgt.size(1)
         hidden = self.pre_output(self.dropout(torch.stack(outputs, dim=1)))  # (B, T, E)
         weights = [LayerWeights(None, torch.cat(rows, dim=1)[:, None])] if need_weights else None  # (B, 1, T, S)
-        return self.generator(hidden), weights  # (B, T, V)
+        return hidden, weights
 
     def new_cache(self, capacity: int | None = None) -> RNNCache:
         """An empty decoder state (``capacity`` is unused: the state has a fixed size)."""

@@ -158,7 +158,7 @@ class Transformer(EncoderDecoderModel):
         memory, weights = self.encoder(self._embed(src, self.src_embed), src_mask, need_weights=need_weights)
         return memory, src_mask, weights
 
-    def decode(
+    def decode_states(
         self,
         tgt: Tensor,
         memory: Tensor,
@@ -167,7 +167,7 @@ class Transformer(EncoderDecoderModel):
         cache: DecoderCache | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, list[LayerWeights] | None]:
-        """tgt (B, T) -> logits (B, T, V). With a ``cache``, ``tgt`` holds only the new positions.
+        """tgt (B, T) -> the generator's inputs (B, T, d_model). With a ``cache``, ``tgt`` holds only the new positions.
 
         Target padding needs no mask: pads come after the real tokens, which the causal mask already
         hides from them.
@@ -183,7 +183,7 @@ class Transformer(EncoderDecoderModel):
             caches=None if cache is None else cache.layers,
             need_weights=need_weights,
         )
-        return self.generator(x), weights  # (B, T, V)
+        return x, weights
 
     def new_cache(self, capacity: int | None = None) -> DecoderCache:
         """An empty decoder cache for up to ``capacity`` target positions (default: ``max_len``)."""

@@ -1,7 +1,7 @@
 """What the three encoder–decoder families share (the Transformer and its RNN and ConvS2S baselines):
 the config fields and their checks, the embedding tables, the padding mask, the decoder-cache
-protocol, and the teacher-forced ``forward``. Each family keeps only what differs: its ``encode``,
-``decode`` and cache.
+protocol, ``decode`` (the generator over ``decode_states``) and the teacher-forced ``forward``. Each
+family keeps only what differs: its ``encode``, ``decode_states`` and cache.
 
 Shapes: B batch, S source length, T target length, V target vocabulary.
 """
@@ -17,6 +17,7 @@ from qkv.config import ConfigBase, check
 from qkv.errors import QkvError
 from qkv.layers import LayerWeights
 from qkv.models.shared import check_dropout
+from qkv.objectives import LossSums, linear_label_smoothed_loss
 
 __all__ = [
     "SHARE_CHOICES",
@@ -122,14 +123,29 @@ class DecoderState(Protocol):
 
 
 class EncoderDecoderModel(nn.Module):
-    """The interface of every translation family: ``encode`` the source once, ``decode`` target
-    positions (all at once, or the new ones on a cache), ``new_cache``; ``forward`` is teacher forcing.
-    Greedy and beam search (:mod:`qkv.decode`), training and evaluation need nothing else."""
+    """The interface of every translation family: ``encode`` the source once, ``decode_states`` target
+    positions (all at once, or the new ones on a cache) into the vectors its ``generator`` (a linear map
+    to the target vocabulary) turns into logits, ``new_cache``. ``decode`` gives logits, ``forward`` is
+    teacher forcing. Greedy and beam search (:mod:`qkv.decode`), training and evaluation need nothing else."""
 
     cfg: Any
+    generator: nn.Linear
 
     def encode(self, src: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor, list[LayerWeights] | None]:
         """src (B, S) -> memory (B, S, ·), its padding mask (B, 1, 1, S), encoder weights if asked."""
+        raise NotImplementedError
+
+    def decode_states(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        src_mask: Tensor,
+        *,
+        cache: Any = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, list[LayerWeights] | None]:
+        """tgt (B, T) -> the generator's inputs (B, T, ·), and weights if asked. With a ``cache``, ``tgt``
+        holds only the new positions."""
         raise NotImplementedError
 
     def decode(
@@ -143,14 +159,23 @@ class EncoderDecoderModel(nn.Module):
     ) -> tuple[Tensor, list[LayerWeights] | None]:
         """tgt (B, T) -> logits (B, T, V), and weights if asked. With a ``cache``, ``tgt`` holds only
         the new positions."""
-        raise NotImplementedError
+        states, weights = self.decode_states(tgt, memory, src_mask, cache=cache, need_weights=need_weights)
+        return self.generator(states), weights  # (B, T, V)
 
     def new_cache(self, capacity: int | None = None) -> DecoderState:
         """An empty decoder cache for up to ``capacity`` target positions (default: ``max_len``)."""
         raise NotImplementedError
 
-    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Teacher-forced logits (B, T, V) for source (B, S) and shifted target input (B, T)."""
+    def forward(
+        self, src: Tensor, tgt: Tensor, target: Tensor | None = None, label_smoothing: float = 0.0
+    ) -> Tensor | LossSums:
+        """Teacher forcing for source (B, S) and shifted target input (B, T): logits (B, T, V), or with
+        ``target`` (B, T) the summed label-smoothed loss of predicting it and the plain NLL sum
+        (:func:`~qkv.objectives.linear_label_smoothed_loss`: the generator and the loss in one pass,
+        what training calls)."""
         memory, src_mask, _ = self.encode(src)
-        logits, _ = self.decode(tgt, memory, src_mask)
-        return logits
+        states, _ = self.decode_states(tgt, memory, src_mask)
+        if target is None:
+            return self.generator(states)
+        g = self.generator
+        return linear_label_smoothed_loss(states, g.weight, g.bias, target, label_smoothing, self.cfg.pad_id)
