@@ -1,10 +1,11 @@
 """Training throughput of qkv's `multi30k` model against the same shape built on torch.nn.Transformer,
 and decoding speed of a trained run.
 
-Both models see the same token-budget batches, alternating step by step in one process, so that
-machine noise hits both alike. Prints target tokens/s of each and the ratio. Each side computes the
-label-smoothed loss its own way: qkv as its Trainer does (``model(src, tgt_in, target=tgt_out)``: the
-output projection and the loss in one pass), the reference as plain PyTorch does
+Both models see the same token-budget batches, alternating step by step in one process (and which goes
+first alternates batch by batch), so that machine noise and first-use costs hit both alike. Prints target
+tokens/s of each and the ratio. Each side computes the label-smoothed loss its own way: qkv as its Trainer
+does (``model(src, tgt_in, target=tgt_out)``: the output projection and the loss in one pass), the reference
+as plain PyTorch does
 (``F.cross_entropy(..., label_smoothing=0.1)`` on float32 logits, qkv's readable reference path), and
 each its own Adam: qkv's as its Trainer makes it (fused), torch's default (a loop over the parameters).
 Both share the process's allocator: glibc's default, or with ``--keep-freed-memory`` the setting the qkv
@@ -108,7 +109,10 @@ def step(model: nn.Module, opt: torch.optim.Optimizer, batch, loss_fn: Callable,
 def compare(
     cfg: TransformerConfig, batches, ref_dropout: float, precision: str = "fp32", warmup: int = 3
 ) -> tuple[float, float]:
-    """Target tokens/s of qkv and of the reference, alternating on the same batches, both in ``precision``."""
+    """Target tokens/s of qkv and of the reference, alternating on the same batches, both in ``precision``.
+    The side that runs a batch first alternates too: the first product of a new matrix shape pays for oneDNN
+    preparing its kernel (~20 ms for the vocabulary product's backward on an AMX Xeon), which the other side
+    then reuses."""
     torch.manual_seed(0)
     ours = build_transformer(cfg).train()
     theirs = TorchTransformer(cfg, ref_dropout).train()
@@ -116,7 +120,8 @@ def compare(
     times = [0.0, 0.0]
     tokens = 0
     for i, batch in enumerate(batches):
-        for j, (model, opt, loss_fn) in enumerate(zip((ours, theirs), opts, LOSSES.values(), strict=True)):
+        sides = list(enumerate(zip((ours, theirs), opts, LOSSES.values(), strict=True)))
+        for j, (model, opt, loss_fn) in sides if i % 2 == 0 else sides[::-1]:
             t0 = time.perf_counter()
             step(model, opt, batch, loss_fn, precision)
             if i >= warmup:
