@@ -136,9 +136,10 @@ class _FusedLinearSmoothedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad: Tensor, _grad_nll: Tensor) -> tuple[Tensor | None, ...]:
         G, hc, wc = ctx.saved_tensors
         h_dtype, w_dtype, b_dtype = ctx.dtypes
-        dh = (G @ wc).to(h_dtype).mul_(grad)  # (N, d)
-        dw = (G.t() @ hc).to(w_dtype).mul_(grad)  # (V, d)
-        db = None if b_dtype is None else G.sum(dim=0, dtype=torch.float32).to(b_dtype).mul_(grad)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]  # e.g. a frozen vocabulary: no product for it
+        dh = (G @ wc).to(h_dtype).mul_(grad) if need_h else None  # (N, d)
+        dw = (G.t() @ hc).to(w_dtype).mul_(grad) if need_w else None  # (V, d)
+        db = G.sum(dim=0, dtype=torch.float32).to(b_dtype).mul_(grad) if need_b else None
         return dh, dw, db, None, None, None
 
 
@@ -156,8 +157,9 @@ def linear_label_smoothed_loss(
     """The label-smoothed loss of the logits h Wᵀ + b, summed over targets that are not ``ignore_index``,
     and the plain NLL sum beside it; h (B, T, d), weight (V, d), target (B, T).
 
-    Equal to ``label_smoothed_loss(F.linear(h, weight, bias), target, eps)`` (tested), a third faster
-    forward + backward (the gradient is made in the loss's own pass over the logits), and under autocast
+    Equal to ``label_smoothed_loss(F.linear(h, weight, bias), target, eps)`` (tested), with a faster
+    forward + backward (the gradient is made in the loss's own pass over the logits;
+    ``benchmarks/loss_speed.py``), and under autocast
     it multiplies in autocast's dtype as ``F.linear`` would. Under ``torch.compile`` it is that readable
     composition (the compiler fuses its own)."""
     if torch.compiler.is_compiling():

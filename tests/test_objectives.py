@@ -76,3 +76,16 @@ def test_the_fused_projection_multiplies_in_autocasts_dtype():
     assert dh.dtype == dw.dtype == torch.float32
     torch.testing.assert_close(dh, rh, rtol=2e-2, atol=2e-3)  # bf16 products, rounded in another order
     torch.testing.assert_close(dw, rw, rtol=2e-2, atol=2e-3)
+
+
+def test_the_fused_projection_leaves_frozen_inputs_without_a_gradient():
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, 6, requires_grad=True)
+    weight, bias = torch.randn(13, 6), torch.randn(13)  # frozen
+    target = torch.randint(1, 13, (2, 5))
+    ours = linear_label_smoothed_loss(h, weight, bias, target, 0.1, 0)
+    ours.loss.backward()
+    ref_h = h.detach().clone().requires_grad_()
+    label_smoothed_loss_reference(torch.nn.functional.linear(ref_h, weight, bias), target, 0.1, 0).backward()
+    torch.testing.assert_close(h.grad, ref_h.grad, rtol=1e-5, atol=1e-6)
+    assert weight.grad is None and bias.grad is None
