@@ -286,14 +286,20 @@ class KVCache:
     The buffers are allocated once, at the first ``append`` (when batch, heads, width, dtype and device
     are known), to ``capacity`` positions; without a capacity, or past it, they are reallocated to the
     length needed (a fallback that qkv's decoders never take).
+
+    Layout: position-major rows, (B, capacity, H, D), so that one row's filled positions are one block
+    of memory; ``k`` and ``v`` are (B, H, length, D) views of it. Beam search re-ranks the rows at every
+    step: ``reorder`` copies the kept rows' filled blocks once, into a spare pair of buffers (allocated
+    at the first reorder) that then take the buffers' place.
     """
 
     def __init__(self, capacity: int | None = None, *, static: bool = False) -> None:
         self.capacity = capacity
         self.static = static
         self.length = 0
-        self._k: Tensor | None = None  # (B, H, capacity, D)
+        self._k: Tensor | None = None  # (B, capacity, H, D); static: (B, S, H, D)
         self._v: Tensor | None = None
+        self._spare: tuple[Tensor, Tensor] | None = None  # buffers a reorder writes into, as large or larger
 
     @property
     def filled(self) -> bool:
@@ -304,56 +310,61 @@ class KVCache:
     def k(self) -> Tensor:
         """Cached keys, (B, H, length, D)."""
         assert self._k is not None, "empty KVCache"
-        return self._k[:, :, : self.length]
+        return self._k[:, : self.length].transpose(1, 2)  # (B, length, H, D) -> (B, H, length, D)
 
     @property
     def v(self) -> Tensor:
         """Cached values, (B, H, length, D)."""
         assert self._v is not None, "empty KVCache"
-        return self._v[:, :, : self.length]
+        return self._v[:, : self.length].transpose(1, 2)
 
     def store(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Keep K/V computed once (cross-attention memory); returns them."""
-        self._k, self._v, self.length = k, v, k.size(-2)
+        """Keep K/V (B, H, S, D) computed once (cross-attention memory); returns them."""
+        self._k, self._v, self.length = k.transpose(1, 2), v.transpose(1, 2), k.size(-2)  # (B, S, H, D) views
         return k, v
 
     def _allocate(self, k: Tensor, v: Tensor, length: int) -> None:
-        """Buffers of ``length`` positions shaped like k, v (B, H, ·, D), holding what is cached so far."""
+        """Buffers of ``length`` positions for K/V like k, v (B, H, ·, D), holding what is cached so far."""
         self.capacity = length
-        new_k = k.new_empty(*k.shape[:-2], length, k.size(-1))  # (B, H, capacity, D)
-        new_v = v.new_empty(*v.shape[:-2], length, v.size(-1))
-        if self._k is not None:
-            new_k[:, :, : self.length] = self.k
-            new_v[:, :, : self.length] = self.v
-        self._k, self._v = new_k, new_v
+        B, H, _, D = k.shape
+        new_k = k.new_empty(B, length, H, D)  # (B, capacity, H, D)
+        new_v = v.new_empty(B, length, H, D)
+        if self._k is not None and self._v is not None:
+            new_k[:, : self.length] = self._k[:, : self.length]
+            new_v[:, : self.length] = self._v[:, : self.length]
+        self._k, self._v, self._spare = new_k, new_v, None
 
     def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Add K/V of new positions (B, H, T_new, D); returns all cached K/V so far."""
         new_len = self.length + k.size(-2)
-        if self._k is None or new_len > self._k.size(-2):
+        if self._k is None or new_len > self._k.size(1):
             self._allocate(k, v, max(self.capacity or 0, new_len))
         assert self._k is not None and self._v is not None
-        self._k[:, :, self.length : new_len] = k
-        self._v[:, :, self.length : new_len] = v
+        self._k[:, self.length : new_len] = k.transpose(1, 2)  # (B, T_new, H, D)
+        self._v[:, self.length : new_len] = v.transpose(1, 2)
         self.length = new_len
         return self.k, self.v
 
     def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
         """Keep batch rows ``index`` (beam search re-ranking or dropping finished rows). A growing cache
-        that keeps its number of rows moves only its filled positions, within its buffers (beam search
-        re-ranks every step: copying the whole preallocated capacity each time dominated beam decoding).
+        copies only the filled positions of the kept rows, into its spare buffers, which become its buffers.
         ``same_memory``: the caller guarantees each row takes a row computed from the same memory (beam
         search re-ranks the beams of one source, whose memory rows are copies), so a static
         (cross-attention) cache, which holds only the memory's K/V, stays as it is."""
         if self._k is None or self._v is None or (self.static and same_memory):
             return
-        if not self.static and index.numel() == self._k.size(0):
-            n = self.length
-            self._k[:, :, :n] = self._k[:, :, :n].index_select(0, index)
-            self._v[:, :, :n] = self._v[:, :, :n].index_select(0, index)
+        if self.static or self._k.requires_grad:  # out= below records no autograd history
+            self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
             return
-        self._k = self._k.index_select(0, index)
-        self._v = self._v.index_select(0, index)
+        rows, n = index.numel(), self.length
+        spare = self._spare
+        if spare is None or spare[0].size(0) < rows:
+            spare = (self._k.new_empty(rows, *self._k.shape[1:]), self._v.new_empty(rows, *self._v.shape[1:]))
+        new_k, new_v = spare[0][:rows], spare[1][:rows]  # (B', capacity, H, D)
+        torch.index_select(self._k[:, :n], 0, index, out=new_k[:, :n])
+        torch.index_select(self._v[:, :n], 0, index, out=new_v[:, :n])
+        self._spare = (self._k, self._v)
+        self._k, self._v = new_k, new_v
 
 
 class MultiHeadAttention(nn.Module):

@@ -381,7 +381,27 @@ def test_kv_cache_is_allocated_once_at_its_capacity():
     for t in range(9):
         mha(x[:, t : t + 1], is_causal=True, cache=cache)
         pointers.add(cache._k.data_ptr())
-    assert len(pointers) == 1 and cache._k.size(-2) == 9 and cache.length == 9
+    assert len(pointers) == 1 and cache._k.size(1) == 9 and cache.length == 9
+
+
+def test_kv_cache_reorder_keeps_the_rows_asked_in_two_buffers_that_alternate():
+    torch.manual_seed(7)
+    cache = KVCache(capacity=6)
+    k, v = torch.randn(4, 2, 3, 5), torch.randn(4, 2, 3, 5)  # (B, H, T, D)
+    cache.append(k, v)
+    want_k, want_v = k, v
+    pointers = []
+    for index in ([3, 3, 0, 1], [1, 0, 2, 3], [2, 0]):  # re-ranked twice, then two rows leave
+        index = torch.tensor(index)
+        cache.reorder(index)
+        want_k, want_v = want_k[index], want_v[index]
+        assert torch.equal(cache.k, want_k) and torch.equal(cache.v, want_v)
+        pointers.append(cache._k.data_ptr())
+        step_k, step_v = torch.randn(len(index), 2, 1, 5), torch.randn(len(index), 2, 1, 5)
+        cache.append(step_k, step_v)  # the next step still appends in place
+        want_k, want_v = torch.cat([want_k, step_k], 2), torch.cat([want_v, step_v], 2)
+        assert torch.equal(cache.k, want_k) and torch.equal(cache.v, want_v)
+    assert pointers[0] == pointers[2] != pointers[1]  # no buffer allocated after the first reorder
 
 
 def test_a_static_cache_stays_put_when_every_row_keeps_its_memory():
