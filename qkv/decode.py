@@ -40,6 +40,7 @@ __all__ = [
     "length_penalty",
     "next_log_probs",
     "sample_next",
+    "top_candidates",
 ]
 
 
@@ -167,6 +168,19 @@ def greedy(
     return hyps
 
 
+def top_candidates(scores: Tensor, lp: Tensor, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``m`` best continuations of each source's K beams: beam k's score ``scores`` (B', K) plus the
+    log-probability ``lp`` (B'*K, V) of a next token. Returns their scores, beams of origin and tokens,
+    (B', m) each, best first. Only each beam's own m best tokens can be among them (a beam adds one score
+    to all of its tokens), so m·K candidates are ranked instead of K·V."""
+    n, K = scores.shape
+    per_beam = min(m, lp.size(-1))  # a vocabulary smaller than m: all of it
+    beam_lp, beam_tok = lp.topk(per_beam, dim=-1)  # (B'*K, m)
+    cand = (scores.reshape(n * K, 1) + beam_lp).view(n, K * per_beam)  # (B', K*m)
+    top_scores, idx = cand.topk(m, dim=-1)  # (B', m)
+    return top_scores, idx // per_beam, beam_tok.view(n, K * per_beam).gather(1, idx)
+
+
 @dataclass
 class _Beams:
     """The state of beam search over B sources × K beams. Sources still searching are ``live`` (their
@@ -258,10 +272,7 @@ def beam_search(
         n = len(state.live)  # B': sources still searching
         base = (torch.arange(n, device=dev) * K)[:, None]  # (B', 1)
         lp = next_log_probs(model, state.ys[:, : state.t + 1], memory, src_mask, cache)  # (B'*K, V)
-        V = lp.size(-1)
-        cand = (state.scores[:, :, None] + lp.view(n, K, V)).view(n, K * V)  # (B', K*V)
-        top_scores, top_idx = cand.topk(2 * K, dim=-1)  # (B', 2K): at most K of them end in <eos>
-        origin, tok = top_idx // V, top_idx % V  # (B', 2K) beam of origin, token
+        top_scores, origin, tok = top_candidates(state.scores, lp, 2 * K)  # (B', 2K): at most K end in <eos>
         is_eos = tok == eos_id
         # an <eos> candidate ends a hypothesis only if it ranks among the top K (so beam 1 is greedy)
         state.end(is_eos & torch.isfinite(top_scores) & first_k, base + origin, top_scores, eos_id, norm)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qkv.decode import beam_search, greedy, length_penalty
+from qkv.decode import beam_search, greedy, length_penalty, top_candidates
 from qkv.errors import QkvError
 from qkv.models import TransformerConfig, build_transformer
 
@@ -154,3 +154,16 @@ def test_finished_sources_leave_the_batch_and_change_nothing(which, beam, reques
         assert steps[-1] < steps[0]
     alone = [run(src[i : i + 1])[0] for i in range(src.size(0))]
     assert together == alone
+
+
+@pytest.mark.parametrize(("B", "K", "V"), [(3, 4, 50), (2, 5, 8), (1, 3, 4), (2, 2, 2)])
+def test_top_candidates_equal_ranking_every_continuation_of_every_beam(B, K, V):
+    g = torch.Generator().manual_seed(B * 100 + K * 10 + V)
+    scores = torch.randn(B, K, generator=g)
+    scores[0, 1:] = float("-inf")  # beam search's first step: only the first beam is live
+    lp = torch.log_softmax(torch.randn(B * K, V, generator=g) * 3, dim=-1)
+    full_scores, full_idx = (scores[:, :, None] + lp.view(B, K, V)).view(B, K * V).topk(2 * K, dim=-1)
+    top_scores, origin, tok = top_candidates(scores, lp, 2 * K)
+    assert torch.equal(top_scores, full_scores)
+    finite = torch.isfinite(full_scores)  # among -inf candidates the order is arbitrary
+    assert torch.equal(origin[finite], (full_idx // V)[finite]) and torch.equal(tok[finite], (full_idx % V)[finite])
