@@ -1,6 +1,7 @@
-"""Decoding speed of this tree's ``qkv/decode.py`` against an earlier revision's, side by side in one process.
+"""Decoding speed of this tree's decoders against an earlier revision's, side by side in one process.
 
-Loads ``qkv/decode.py`` as it was at ``--before REV`` (``git show``) beside the current one, translates the
+Loads ``qkv/decode.py`` and the KV cache (``qkv/attention.py``'s ``KVCache``) as they were at ``--before REV``
+(``git show``) beside the current ones, translates the
 same sentences with the same run through each in alternating rounds (greedy and beam 5, best of each), and
 prints sentences/s, the ratio, BLEU and how many translations are identical.
 
@@ -19,26 +20,34 @@ import time
 from pathlib import Path
 
 import qkv
+import qkv.attention
 import qkv.decode
 import qkv.families.translation as translation
+import qkv.layers
 from qkv.data import read_lines
 from qkv.env import summary_line
 from qkv.families.translation import bleu_scores
 
 
-def decode_module_at(rev: str):
-    """``qkv/decode.py`` as it was at git revision ``rev``, imported as a module of its own."""
+def module_at(rev: str, path: str):
+    """The file ``path`` (e.g. ``qkv/decode.py``) as it was at git revision ``rev``, imported as a module of its
+    own."""
     root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(
-        ["git", "show", f"{rev}:qkv/decode.py"], cwd=root, check=True, capture_output=True, text=True
-    ).stdout
-    path = Path(tempfile.mkdtemp()) / "decode_before.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("decode_before", path)
+    git = ["git", "show", f"{rev}:{path}"]
+    source = subprocess.run(git, cwd=root, check=True, capture_output=True, text=True).stdout
+    name = Path(path).stem + "_before"
+    file = Path(tempfile.mkdtemp()) / f"{name}.py"
+    file.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["decode_before"] = module  # dataclasses look their module up
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def use(variant: tuple) -> None:
+    """Make translation run on a variant's (greedy, beam_search, KVCache)."""
+    translation.greedy, translation.beam_search, qkv.layers.KVCache = variant
 
 
 def main() -> None:
@@ -52,25 +61,28 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     a = p.parse_args()
     try:
-        before = decode_module_at(a.before)
+        before, cache_before = module_at(a.before, "qkv/decode.py"), module_at(a.before, "qkv/attention.py")
     except subprocess.CalledProcessError as e:
-        p.error(f"--before {a.before}: git cannot show qkv/decode.py there ({e.stderr.strip()})")
-    variants = {"before": (before.greedy, before.beam_search), "after": (qkv.decode.greedy, qkv.decode.beam_search)}
+        p.error(f"--before {a.before}: git cannot show qkv/decode.py and qkv/attention.py there ({e.stderr.strip()})")
+    variants = {
+        "before": (before.greedy, before.beam_search, cache_before.KVCache),
+        "after": (qkv.decode.greedy, qkv.decode.beam_search, qkv.attention.KVCache),
+    }
     run = qkv.load(a.run, device="cpu", quantize=a.quantize)
     src, ref = read_lines(a.src), read_lines(a.ref)
     print(f"{summary_line()}; {a.run}, weights {a.quantize if a.quantize != 'none' else 'fp32'}, before = {a.before}")
     for beam in (1, 5):
         best, outputs = {}, {}
         for name in variants:  # warm-up
-            translation.greedy, translation.beam_search = variants[name]
+            use(variants[name])
             run.translate(src[:64], beam=beam)
         for _ in range(a.rounds):
             for name in variants:
-                translation.greedy, translation.beam_search = variants[name]
+                use(variants[name])
                 t0 = time.perf_counter()
                 outputs[name] = run.translate(src, beam=beam)
                 best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
-        translation.greedy, translation.beam_search = variants["after"]
+        use(variants["after"])
         same = sum(x == y for x, y in zip(outputs["before"], outputs["after"], strict=True))
         bleu = {name: bleu_scores(out, ref)["bleu"] for name, out in outputs.items()}
         print(
