@@ -1,12 +1,14 @@
 """Decoding speed of this tree's decoders against an earlier revision's, side by side in one process.
 
-Loads ``qkv/decode.py`` and the KV cache (``qkv/attention.py``'s ``KVCache``) as they were at ``--before REV``
-(``git show``) beside the current ones, translates the
+Loads ``qkv/decode.py`` and the Transformer's decoder cache (``qkv/layers.py``'s ``DecoderCache`` of
+``qkv/attention.py``'s ``KVCache``) as they were at ``--before REV`` (``git show``) beside the current ones,
+translates the
 same sentences with the same run through each in alternating rounds (greedy and beam 5, best of each), and
-prints sentences/s, the ratio, BLEU and how many translations are identical.
+prints sentences/s, the ratio, BLEU and how many translations are identical; with ``--profile``, also each
+side's share of operator time by family (``op_families.decoding_family``), over one more translation of all.
 
     python benchmarks/decode_ab.py --before REV --run RUN --src test_2016_flickr.de --ref test_2016_flickr.en \
-        [--quantize int8] [--rounds 2]
+        [--quantize int8] [--rounds 2] [--profile]
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from op_families import decoding_family, family_times, shares  # beside this script
+from torch.profiler import profile
+
 import qkv
-import qkv.attention
 import qkv.decode
 import qkv.families.translation as translation
 import qkv.layers
+import qkv.models.transformer as transformer
 from qkv.data import read_lines
 from qkv.env import summary_line
 from qkv.families.translation import bleu_scores
@@ -45,9 +50,16 @@ def module_at(rev: str, path: str):
     return module
 
 
+def decoding_at(rev: str) -> tuple:
+    """(greedy, beam_search, the Transformer's DecoderCache) as they were at ``rev``."""
+    decode, attention, layers = (module_at(rev, f"qkv/{name}.py") for name in ("decode", "attention", "layers"))
+    layers.KVCache = attention.KVCache  # that revision's caches hold that revision's KV caches
+    return decode.greedy, decode.beam_search, layers.DecoderCache
+
+
 def use(variant: tuple) -> None:
-    """Make translation run on a variant's (greedy, beam_search, KVCache)."""
-    translation.greedy, translation.beam_search, qkv.layers.KVCache = variant
+    """Make translation run on a variant's (greedy, beam_search, DecoderCache)."""
+    translation.greedy, translation.beam_search, transformer.DecoderCache = variant
 
 
 def main() -> None:
@@ -59,15 +71,13 @@ def main() -> None:
     p.add_argument("--ref", required=True)
     p.add_argument("--quantize", default="none", choices=("none", "int8"))
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--profile", action="store_true", help="also: each side's operator time by family")
     a = p.parse_args()
     try:
-        before, cache_before = module_at(a.before, "qkv/decode.py"), module_at(a.before, "qkv/attention.py")
+        before = decoding_at(a.before)
     except subprocess.CalledProcessError as e:
-        p.error(f"--before {a.before}: git cannot show qkv/decode.py and qkv/attention.py there ({e.stderr.strip()})")
-    variants = {
-        "before": (before.greedy, before.beam_search, cache_before.KVCache),
-        "after": (qkv.decode.greedy, qkv.decode.beam_search, qkv.attention.KVCache),
-    }
+        p.error(f"--before {a.before}: git cannot show the decoding files there ({e.stderr.strip()})")
+    variants = {"before": before, "after": (qkv.decode.greedy, qkv.decode.beam_search, qkv.layers.DecoderCache)}
     run = qkv.load(a.run, device="cpu", quantize=a.quantize)
     src, ref = read_lines(a.src), read_lines(a.ref)
     print(f"{summary_line()}; {a.run}, weights {a.quantize if a.quantize != 'none' else 'fp32'}, before = {a.before}")
@@ -90,6 +100,12 @@ def main() -> None:
             f"after {len(src) / best['after']:.1f} (BLEU {bleu['after']:.2f}) = {best['before'] / best['after']:.2f}x; "
             f"identical translations {same}/{len(src)}"
         )
+        for name in variants if a.profile else ():
+            use(variants[name])
+            with profile() as prof:
+                run.translate(src, beam=beam)
+            print(f"beam {beam}, {name}: {shares(family_times(prof, decoding_family))}")
+        use(variants["after"])
 
 
 if __name__ == "__main__":

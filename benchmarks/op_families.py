@@ -38,3 +38,15 @@ TRAINING_FAMILIES = (  # operator families of a training step, first match wins
 def training_family(name: str) -> str:
     """The family of an operator (its name without the namespace: ``addmm`` -> matrix products)."""
     return next((f for f, keys in TRAINING_FAMILIES if any(k in name for k in keys)), "other element-wise")
+
+
+DECODING_MATMUL = ("mm", "addmm", "bmm", "matmul", "linear", "_linear_pointwise", "scaled_dot_product", "baddbmm")
+DECODING_MOVES = ("index_select", "copy_", "index", "gather")
+
+
+def decoding_family(name: str) -> str:
+    """The family of an operator in a decoding profile: matrix products (attention's included), row moves
+    and copies, or other."""
+    if any(m in name for m in DECODING_MATMUL):
+        return "matrix products"
+    return "row moves and copies" if name in DECODING_MOVES else "other"

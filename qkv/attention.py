@@ -345,13 +345,10 @@ class KVCache:
         self.length = new_len
         return self.k, self.v
 
-    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
-        """Keep batch rows ``index`` (beam search re-ranking or dropping finished rows). A growing cache
-        copies only the filled positions of the kept rows, into its spare buffers, which become its buffers.
-        ``same_memory``: the caller guarantees each row takes a row computed from the same memory (beam
-        search re-ranks the beams of one source, whose memory rows are copies), so a static
-        (cross-attention) cache, which holds only the memory's K/V, stays as it is."""
-        if self._k is None or self._v is None or (self.static and same_memory):
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (beam search re-ranking, or finished rows leaving). A growing cache
+        copies only the filled positions of the kept rows, into its spare buffers, which become its buffers."""
+        if self._k is None or self._v is None:
             return
         if self.static or self._k.requires_grad:  # out= below records no autograd history
             self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
@@ -438,9 +435,14 @@ class MultiHeadAttention(nn.Module):
         causal mask. With a ``cache``, K/V of earlier steps are reused (self-attention) or the memory's
         K/V are computed once (cross-attention). Returns (output (B, T, d_model), weights (B, H, T, S)
         or None).
+
+        A ``memory`` of B/g rows serves g consecutive query rows each (beam search's beams of one source):
+        their queries attend as one block of g·T, and ``mask`` is then per memory row, (B/g, 1, 1, S).
         """
         B, T, _ = query.shape
-        q, k, v = self._project(query, memory, cache)  # (B, H, T, D), (B, H, S, D), (B, H, S, D)
+        g = 1 if memory is None else self._groups(B, memory, mask)
+        query = query.reshape(B // g, g * T, self.d_model)  # (B, T, d_model) -> (B/g, g*T, d_model)
+        q, k, v = self._project(query, memory, cache)  # (B/g, H, g*T, D), (B/g, H, S, D), (B/g, H, S, D)
         out, weights = attend(
             q,
             k,
@@ -450,6 +452,19 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             need_weights=need_weights,
             is_causal=is_causal,
-        )  # (B, H, T, D)
-        out = out.transpose(1, 2).reshape(B, T, self.d_model)  # (B, H, T, D) -> (B, T, d_model)
+        )  # (B/g, H, g*T, D)
+        out = out.transpose(1, 2).reshape(B, T, self.d_model)  # (B/g, H, g*T, D) -> (B, T, d_model)
+        if weights is not None and g > 1:  # (B/g, H, g*T, S) -> (B, H, T, S)
+            weights = weights.view(B // g, self.h, g, T, -1).transpose(1, 2).reshape(B, self.h, T, -1)
         return self.out_proj(out), weights
+
+    @staticmethod
+    def _groups(B: int, memory: Tensor, mask: Tensor | None) -> int:
+        """How many consecutive query rows of B each memory row serves."""
+        rows = memory.size(0)
+        if B % rows:
+            raise ValueError(f"{B} query rows cannot share {rows} memory rows: give one per query row or per group")
+        if rows != B and mask is not None and (mask.size(-2) != 1 or mask.size(0) not in (1, rows)):
+            shape = tuple(mask.shape)
+            raise ValueError(f"memory rows shared by query rows take a mask per memory row (B/g, 1, 1, S), not {shape}")
+        return B // rows

@@ -115,12 +115,16 @@ def _check_max_len(model: EncoderDecoder, max_len: int) -> None:
         raise QkvError(f"max length {max_len} must be between 1 and the model's max_len - 1 ({model.cfg.max_len - 1})")
 
 
-def _keep_rows(rows: Tensor, memory: Tensor, src_mask: Tensor, cache: Any) -> tuple[Tensor, Tensor]:
-    """Rows ``rows`` (B'',) of the memory and its mask, the cache keeping the same rows: decoding goes on
-    with the rows not finished."""
+def _keep_rows(
+    rows: Tensor, memory: Tensor, src_mask: Tensor, cache: Any, memory_rows: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Decoding goes on with batch rows ``rows`` (B'',): the cache keeps them, and the memory, its mask and
+    what the cache computed from them keep rows ``memory_rows`` (default ``rows``; beam search's sources when
+    their beams share one memory row)."""
+    memory_rows = rows if memory_rows is None else memory_rows
     if cache is not None and rows.numel() > 0:
-        cache.reorder(rows)
-    return memory[rows], src_mask[rows]
+        cache.reorder(rows, memory_index=memory_rows)
+    return memory[memory_rows], src_mask[memory_rows]
 
 
 @torch.inference_mode()
@@ -258,9 +262,11 @@ def beam_search(
     def norm(length: int) -> float:
         return length_penalty(length, alpha, penalty)
 
-    memory, src_mask, _ = model.encode(src)
-    memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, d_model)
-    src_mask = src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
+    memory, src_mask, _ = model.encode(src)  # (B, S, d_model), (B, 1, 1, S)
+    shared = model.beams_share_memory  # one memory row serves a source's K beams, else it is copied to each
+    if not shared:
+        memory = memory.repeat_interleave(K, dim=0)  # (B*K, S, d_model)
+        src_mask = src_mask.repeat_interleave(K, dim=0)  # (B*K, 1, 1, S)
     cache = model.new_cache(max_len + 1) if use_cache else None
     ys = torch.full((B * K, max_len + 1), model.cfg.pad_id, dtype=torch.long, device=dev)  # (B*K, 1 + max_len)
     ys[:, 0] = bos_id
@@ -282,7 +288,7 @@ def beam_search(
         state.ys = state.ys[rows]
         state.ys[:, state.t] = tok.gather(1, pos).flatten()
         if cache is not None:
-            cache.reorder(rows, same_memory=True)  # rows stay within their source's beams
+            cache.reorder(rows)  # rows stay within their source's beams: what came from the memory stays
         horizon = max_len if penalty == "gnmt" else state.t
         going = state.check_done(state.scores[:, 0] / norm(horizon), K)  # best any live beam can reach
         if len(going) < n:  # done sources leave the batch, with their memory, mask and cache rows
@@ -290,7 +296,7 @@ def beam_search(
             kept_rows = (keep[:, None] * K + torch.arange(K, device=dev)).flatten()  # (B''*K,)
             state.live = [state.live[i] for i in going]
             state.ys, state.scores = state.ys[kept_rows], state.scores[keep]
-            memory, src_mask = _keep_rows(kept_rows, memory, src_mask, cache)
+            memory, src_mask = _keep_rows(kept_rows, memory, src_mask, cache, keep if shared else None)
     return state.finish(K, norm)
 
 

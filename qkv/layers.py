@@ -142,10 +142,12 @@ class LayerCache:
         """A fresh cache for one layer, its self-attention preallocated to ``capacity`` positions."""
         return cls(KVCache(capacity), KVCache(static=True))
 
-    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
-        """Keep batch rows ``index`` in both caches (``same_memory``: see :meth:`KVCache.reorder`)."""
+    def reorder(self, index: Tensor, *, memory_index: Tensor | None = None) -> None:
+        """Keep rows ``index`` of the self-attention cache and rows ``memory_index`` of the cross-attention
+        cache (computed from the memory alone; None: it stays as it is)."""
         self.self_attn.reorder(index)
-        self.cross_attn.reorder(index, same_memory=same_memory)
+        if memory_index is not None:
+            self.cross_attn.reorder(memory_index)
 
 
 class DecoderCache:
@@ -166,11 +168,11 @@ class DecoderCache:
         """Number of target positions decoded so far."""
         return self.layers[0].self_attn.length
 
-    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
-        """Keep batch rows ``index`` (B',) of every layer's caches (``same_memory``: see
-        :meth:`KVCache.reorder`)."""
+    def reorder(self, index: Tensor, *, memory_index: Tensor | None = None) -> None:
+        """Keep batch rows ``index`` (B',) of every layer's self-attention cache, and rows ``memory_index`` of
+        its cross-attention cache (None: it stays; :meth:`DecoderState.reorder`)."""
         for layer in self.layers:
-            layer.reorder(index, same_memory=same_memory)
+            layer.reorder(index, memory_index=memory_index)
 
 
 @dataclass

@@ -404,13 +404,26 @@ def test_kv_cache_reorder_keeps_the_rows_asked_in_two_buffers_that_alternate():
     assert pointers[0] == pointers[2] != pointers[1]  # no buffer allocated after the first reorder
 
 
-def test_a_static_cache_stays_put_when_every_row_keeps_its_memory():
-    # beam search re-ranks the beams of one source, whose cross-attention K/V rows are copies: no move
+@pytest.mark.parametrize("need", [False, True])
+def test_memory_rows_shared_by_groups_of_query_rows_equal_a_copy_for_each(need):
+    # beam search: the K beams of a source attend to one memory row instead of K copies of it
+    torch.manual_seed(8)
+    mha = MultiHeadAttention(16, 4).eval()
+    B, K, T, S = 3, 4, 2, 5
+    query, memory = torch.randn(B * K, T, 16), torch.randn(B, S, 16)
+    mask = torch.ones(B, 1, 1, S, dtype=torch.bool)
+    mask[1, ..., 3:] = False
+    copies, copies_mask = memory.repeat_interleave(K, 0), mask.repeat_interleave(K, 0)
+    want, want_w = mha(query, copies, copies_mask, need_weights=need)
     cache = KVCache(static=True)
-    k = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 2, 3, 5).contiguous()
-    cache.store(k, k + 10)
-    kept = cache.k.clone()
-    cache.reorder(torch.tensor([1, 1, 0, 3]), same_memory=True)
-    assert cache.k.data_ptr() == k.data_ptr() and torch.equal(cache.k, kept)
-    cache.reorder(torch.tensor([1, 1, 0, 3]))  # anything else moves the rows
-    assert cache.k[:, 0, 0, 0].tolist() == [1.0, 1.0, 0.0, 3.0] and cache.v[0, 0, 0, 0] == 11.0
+    got, got_w = mha(query, memory, mask, need_weights=need, cache=cache)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    if need:
+        torch.testing.assert_close(got_w, want_w, atol=1e-6, rtol=0)
+    assert cache.k.shape == (B, 4, S, 4)  # K/V of the memory's B rows only
+    again, _ = mha(query, memory, mask, cache=cache)  # the next step reads them from the cache
+    torch.testing.assert_close(again, want, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="cannot share"):
+        mha(query[:5], memory)
+    with pytest.raises(ValueError, match="mask per memory row"):
+        mha(query, memory, copies_mask)

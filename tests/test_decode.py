@@ -167,3 +167,15 @@ def test_top_candidates_equal_ranking_every_continuation_of_every_beam(B, K, V):
     assert torch.equal(top_scores, full_scores)
     finite = torch.isfinite(full_scores)  # among -inf candidates the order is arbitrary
     assert torch.equal(origin[finite], (full_idx // V)[finite]) and torch.equal(tok[finite], (full_idx % V)[finite])
+
+
+@pytest.mark.parametrize("which", [0, 1, "trained"])
+def test_beams_sharing_their_source_memory_equal_beams_with_a_copy_each(which, request, monkeypatch):
+    model, src = request.getfixturevalue("trained") if which == "trained" else make_model(which)
+    assert model.beams_share_memory
+    shared = beam_search(model, src, beam=4, max_len=15)
+    monkeypatch.setattr(model, "beams_share_memory", False)  # memory repeated K times, as other families
+    copied = beam_search(model, src, beam=4, max_len=15)
+    assert [[h.tokens for h in hs] for hs in shared] == [[h.tokens for h in hs] for hs in copied]
+    for hs, cs in zip(shared, copied, strict=True):
+        assert all(abs(h.score - c.score) < 1e-5 for h, c in zip(hs, cs, strict=True))

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from qkv.layers import FeedForward, SinusoidalPositionalEncoding, TransformerLayer
+from qkv.layers import DecoderCache, FeedForward, SinusoidalPositionalEncoding, TransformerLayer
 
 
 def test_sinusoidal_encoding_is_the_papers_formula():
@@ -48,3 +48,21 @@ def test_layer_returns_weights_as_data_only_when_asked():
     assert w.self_attn.shape == (2, 2, 4, 4) and w.cross.shape == (2, 2, 4, 6)
     assert torch.all(w.self_attn.triu(1) == 0)  # causal
     assert not any(isinstance(v, torch.Tensor) and v.shape == w.cross.shape for v in vars(layer).values())
+
+
+def test_decoder_cache_moves_what_came_from_the_memory_only_when_asked():
+    # beam search re-ranks the beams of one source (its memory rows stay), and drops finished sources (they go)
+    cache = DecoderCache(num_layers=2, capacity=4)
+    mem_k = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 2, 5, 4).contiguous()  # (B, H, S, D)
+    own_k = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 2, 1, 4).contiguous()  # (B*2, H, 1, D)
+    for layer in cache.layers:
+        layer.cross_attn.store(mem_k, mem_k + 10)
+        layer.self_attn.append(own_k, own_k + 10)
+    cache.reorder(torch.tensor([1, 1, 2, 3, 5, 4]))  # re-ranked: the memory's K/V stay where they are
+    for layer in cache.layers:
+        assert layer.cross_attn.k.data_ptr() == mem_k.data_ptr()
+        assert layer.self_attn.k[:, 0, 0, 0].tolist() == [1.0, 1.0, 2.0, 3.0, 5.0, 4.0]
+    cache.reorder(torch.tensor([0, 1, 4, 5]), memory_index=torch.tensor([0, 2]))  # source 1 is done
+    for layer in cache.layers:
+        assert layer.cross_attn.k[:, 0, 0, 0].tolist() == [0.0, 2.0] and layer.cross_attn.v[1, 0, 0, 0] == 12.0
+        assert layer.self_attn.k[:, 0, 0, 0].tolist() == [1.0, 1.0, 5.0, 4.0]

@@ -97,8 +97,9 @@ class ConvCache:
         self.length = 0
         self.history: list[Tensor | None] = [None] * num_layers
 
-    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
-        """Keep batch rows ``index`` (the history is the decoder's own: it moves whatever ``same_memory``)."""
+    def reorder(self, index: Tensor, *, memory_index: Tensor | None = None) -> None:
+        """Keep batch rows ``index`` (the history is the decoder's own; nothing here comes from the memory
+        alone, so ``memory_index`` has nothing to move)."""
         self.history = [None if h is None else h.index_select(0, index) for h in self.history]
 
 

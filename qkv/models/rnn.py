@@ -62,12 +62,13 @@ class RNNCache:
         self.state: Tensor | None = None  # (B, Hd)
         self.keys: Tensor | None = None  # (B, S, Hd)
 
-    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
-        """Keep batch rows ``index`` (the memory's projected keys stay as they are with ``same_memory``)."""
+    def reorder(self, index: Tensor, *, memory_index: Tensor | None = None) -> None:
+        """Keep batch rows ``index`` of the state, and rows ``memory_index`` of the memory's projected keys
+        (None: they stay as they are)."""
         if self.state is not None and self.keys is not None:
             self.state = self.state.index_select(0, index)
-            if not same_memory:
-                self.keys = self.keys.index_select(0, index)
+            if memory_index is not None:
+                self.keys = self.keys.index_select(0, memory_index)
 
 
 class RNNSeq2Seq(EncoderDecoderModel):

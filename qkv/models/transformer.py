@@ -124,6 +124,8 @@ class Transformer(EncoderDecoderModel):
     N decoder layers (masked self-attention, cross-attention to the encoder's ``memory``), and a
     linear projection to target-vocabulary logits."""
 
+    beams_share_memory = True  # cross-attention lets one memory row serve a source's beams (MultiHeadAttention)
+
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.cfg = cfg

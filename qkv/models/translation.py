@@ -116,9 +116,10 @@ class DecoderState(Protocol):
         """Target positions decoded so far."""
         ...
 
-    def reorder(self, index: Tensor, *, same_memory: bool = False) -> None:
-        """Keep batch rows ``index`` (B',); with ``same_memory`` (each row takes a row of the same source, as
-        in beam search) what was computed from the memory alone may stay as it is."""
+    def reorder(self, index: Tensor, *, memory_index: Tensor | None = None) -> None:
+        """Keep batch rows ``index`` (B',) of what the decoder computed from its own inputs, and rows
+        ``memory_index`` of what it computed from the memory alone; None leaves that as it is (beam search
+        re-ranks the beams of one source, whose memory is the same)."""
         ...
 
 
@@ -130,6 +131,9 @@ class EncoderDecoderModel(nn.Module):
 
     cfg: Any
     generator: nn.Linear
+    # True where decode_states takes a memory of B rows with targets of B·K rows, each memory row serving K
+    # consecutive target rows (beam search's beams of one source), which then need no K copies of it
+    beams_share_memory: ClassVar[bool] = False
 
     def encode(self, src: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor, list[LayerWeights] | None]:
         """src (B, S) -> memory (B, S, ·), its padding mask (B, 1, 1, S), encoder weights if asked."""
