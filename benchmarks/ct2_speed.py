@@ -2,7 +2,11 @@
 ct2``), side by side in one process: the same sentences, the same batch size, the same threads, float32;
 greedy and beam 5, alternating rounds, best of each. Prints sentences/s, the ratio and BLEU of each.
 
-    python benchmarks/ct2_speed.py --run RUN --src test_2016_flickr.de --ref test_2016_flickr.en [--rounds 2]
+    python benchmarks/ct2_speed.py --run RUN --src test_2016_flickr.de --ref test_2016_flickr.en [--rounds 2] \
+        [--int8] [--early-stopping]
+
+``--early-stopping``: qkv's beam search ends a source with its first K ended hypotheses, as CTranslate2's does
+(without it, the run's own rule: by default an exact bound, which searches longer).
 """
 
 from __future__ import annotations
@@ -52,15 +56,22 @@ def main() -> None:
     p.add_argument("--ref", required=True, help="references")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--int8", action="store_true", help="int8 weights on both sides")
+    p.add_argument("--early-stopping", action="store_true", help="qkv's beam search stops as CTranslate2's does")
     a = p.parse_args()
     threads = torch.get_num_threads()
     kind = "int8" if a.int8 else "float32"
-    print(f"{summary_line()}; ctranslate2 {ctranslate2.__version__}, {threads} threads each, {kind}, batch 64")
+    stop = "qkv early stopping" if a.early_stopping else "qkv stopping as its run says"
+    print(f"{summary_line()}; ctranslate2 {ctranslate2.__version__}, {threads} threads each, {kind}, batch 64, {stop}")
     run = qkv.load(a.run, device="cpu", quantize="int8" if a.int8 else "none")
     src, ref = read_lines(a.src), read_lines(a.ref)
     with tempfile.TemporaryDirectory() as tmp:
         ct2 = ct2_decoder(export_to_ct2(run, Path(tmp) / "ct2"), run, threads, kind)
-        sides = {"qkv": lambda texts, beam: run.translate(texts, beam=beam), "ctranslate2": ct2}
+        early = True if a.early_stopping else None
+
+        def ours(texts: list[str], beam: int) -> list[str]:
+            return run.translate(texts, beam=beam, early_stopping=early)
+
+        sides = {"qkv": ours, "ctranslate2": ct2}
         for side in sides.values():  # warm-up
             side(src[:64], 5)
         best = {(s, b): 0.0 for s in sides for b in (1, 5)}

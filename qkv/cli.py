@@ -225,6 +225,16 @@ def add_train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--json", action="store_true", help="print the final summary as JSON instead of examples")
 
 
+def _early_stopping_argument(p: argparse.ArgumentParser) -> None:
+    """--early-stopping / --no-early-stopping: beam search's stopping rule."""
+    p.add_argument(
+        "--early-stopping",
+        action=argparse.BooleanOptionalAction,
+        help="beam search ends a source with its first K ended hypotheses (fewer steps; fairseq's and "
+        "CTranslate2's rule), or not (an exact bound) (default: the run's decode.early_stopping)",
+    )
+
+
 def add_translate_arguments(tr: argparse.ArgumentParser) -> None:
     """``qkv translate``'s arguments."""
     _run_argument(tr)
@@ -239,6 +249,7 @@ def add_translate_arguments(tr: argparse.ArgumentParser) -> None:
         "-o", "--output", type=Path, metavar="FILE", help="write the translations to FILE (default: stdout)"
     )
     tr.add_argument("--batch-size", type=int, default=64, metavar="N", help="sentences decoded together (default 64)")
+    _early_stopping_argument(tr)
     _model_arguments(tr)
     _json_argument(tr, '{"source", "translation"}')
 
@@ -253,6 +264,7 @@ def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--ref", type=Path, metavar="FILE", help="references for --src, one per line")
     ev.add_argument("--beam", type=int, metavar="K", help="beam width (1 = greedy; default: the run's decode.beam)")
     ev.add_argument("--alpha", type=float, metavar="A", help="GNMT length penalty (default: the run's decode.alpha)")
+    _early_stopping_argument(ev)
     _model_arguments(ev)
 
 
@@ -606,6 +618,7 @@ def cmd_translate(a: argparse.Namespace) -> int:
         lines = a.text if a.text else (line.rstrip("\n") for line in sys.stdin)
     source, texts = itertools.tee(_some_text(lines, "translate"))
     options = dict(beam=a.beam, alpha=a.alpha, max_len=a.max_len, batch_size=a.batch_size)
+    options["early_stopping"] = a.early_stopping
     with _output(a.output) as out:
         for text, line in zip(texts, run.translate_lines(source, **options), strict=True):
             out.write(
@@ -622,17 +635,20 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if not run.config.spec.translation:
         if a.src is not None or a.ref is not None:
             raise QkvError("--src/--ref score translations; this is a language-model run")
+        decoding = {"--beam": a.beam, "--alpha": a.alpha, "--early-stopping": a.early_stopping}
+        if given := [flag for flag, v in decoding.items() if v is not None]:
+            raise QkvError(f"{', '.join(given)}: how translations are decoded; this is a language-model run: drop it")
         print(json.dumps(run.evaluate()))  # language models hold out one split; every token of it scored once
         return 0
     if (a.src is None) != (a.ref is None):
         raise QkvError("give both --src FILE and --ref FILE, or neither (to use the run's test split)")
     if a.src is not None:
-        res = run.evaluate_files(a.src, a.ref, beam=a.beam, alpha=a.alpha)
+        res = run.evaluate_files(a.src, a.ref, beam=a.beam, alpha=a.alpha, early_stopping=a.early_stopping)
         for name, key in (("BLEU", "bleu"), ("BLEU", "bleu_lc"), ("chrF", "chrf")):
             print(f"{name} {res[key]:.2f}  ({res[key + '_signature']})", file=sys.stderr)
         print(json.dumps(res))
         return 0
-    print(json.dumps(run.evaluate(a.split, beam=a.beam, alpha=a.alpha)))
+    print(json.dumps(run.evaluate(a.split, beam=a.beam, alpha=a.alpha, early_stopping=a.early_stopping)))
     return 0
 
 

@@ -77,8 +77,10 @@ def default_max_len(model: EncoderDecoder, src: Tensor, a: float = 2.0, b: int =
 class DecodeConfig(ConfigBase):
     """How a run translates unless told otherwise (a section of the run's config, set by its preset):
     beam width (1 = greedy), the length penalty's ``alpha`` and kind (``penalty``: "gnmt", or "transformers"
-    to rank and stop exactly as transformers' ``generate`` does), and at most ``max_len_a`` · S +
-    ``max_len_b`` target tokens for a source of S tokens (the paper: beam 4, α 0.6, S + 50)."""
+    to rank and stop exactly as transformers' ``generate`` does), at most ``max_len_a`` · S + ``max_len_b``
+    target tokens for a source of S tokens (the paper: beam 4, α 0.6, S + 50), and ``early_stopping``: a
+    source's search ends with its first ``beam`` ended hypotheses (fairseq's, CTranslate2's and transformers'
+    ``early_stopping=True`` rule) instead of once no live beam can beat them."""
 
     SECTION: ClassVar[str] = "decode"
 
@@ -87,6 +89,7 @@ class DecodeConfig(ConfigBase):
     max_len_a: float = 2.0
     max_len_b: int = 10
     penalty: str = "gnmt"
+    early_stopping: bool = False
 
     def __post_init__(self) -> None:
         s = "decode"
@@ -207,12 +210,14 @@ class _Beams:
                 s = float(top_scores[i, j])
                 self.ended[b].append(Hypothesis(prefix + [eos_id], s, s / lp(self.t + 1)))
 
-    def check_done(self, bound: Tensor, K: int) -> list[int]:
-        """A source is done once it has K ended hypotheses and no live beam can beat the worst of them;
-        returns the positions (in ``live``) of the sources still searching."""
+    def check_done(self, bound: Tensor, K: int, early_stopping: bool = False) -> list[int]:
+        """A source is done once it has K ended hypotheses and no live beam can beat the worst of them (with
+        ``early_stopping``: once it has K ended hypotheses); returns the positions (in ``live``) of the sources
+        still searching."""
         going = []
         for i, b in enumerate(self.live):
-            done = len(self.ended[b]) >= K and float(bound[i]) <= sorted(h.score for h in self.ended[b])[-K]
+            ended = self.ended[b]
+            done = len(ended) >= K and (early_stopping or float(bound[i]) <= sorted(h.score for h in ended)[-K])
             if not done:
                 going.append(i)
         return going
@@ -240,6 +245,7 @@ def beam_search(
     max_len: int | None = None,
     use_cache: bool = True,
     penalty: str = "gnmt",
+    early_stopping: bool = False,
 ) -> list[list[Hypothesis]]:
     """Beam search over a batch of sources (B, S); returns for each source its ``beam`` best
     hypotheses, best first by length-normalised score (``penalty``'s length penalty with ``alpha``).
@@ -247,7 +253,9 @@ def beam_search(
     A source is finished once it holds ``beam`` ended hypotheses and no live beam can still beat
     the worst of them: with GNMT's penalty the exact bound (log-probabilities only fall, so a live beam
     reaches at most its score / lp(max_len)); with transformers', its heuristic (score / lp(length so
-    far), its ``early_stopping=False``), so that both rank and stop as transformers does.
+    far), its ``early_stopping=False``), so that both rank and stop as transformers does. With
+    ``early_stopping`` a source is finished as soon as it holds ``beam`` ended hypotheses (fewer steps; the
+    rule of fairseq, CTranslate2 and transformers' ``early_stopping=True``).
     """
     if penalty not in PENALTIES:
         raise QkvError(f"length penalty {penalty!r}: choose {' or '.join(PENALTIES)}")
@@ -287,10 +295,12 @@ def beam_search(
         state.t += 1
         state.ys = state.ys[rows]
         state.ys[:, state.t] = tok.gather(1, pos).flatten()
+        if state.t == max_len:  # the end: the live beams, cut here, compete with the ended hypotheses
+            break
         if cache is not None:
             cache.reorder(rows)  # rows stay within their source's beams: what came from the memory stays
         horizon = max_len if penalty == "gnmt" else state.t
-        going = state.check_done(state.scores[:, 0] / norm(horizon), K)  # best any live beam can reach
+        going = state.check_done(state.scores[:, 0] / norm(horizon), K, early_stopping)  # vs. the best live beam
         if len(going) < n:  # done sources leave the batch, with their memory, mask and cache rows
             keep = torch.tensor(going, dtype=torch.long, device=dev)  # (B'',)
             kept_rows = (keep[:, None] * K + torch.arange(K, device=dev)).flatten()  # (B''*K,)

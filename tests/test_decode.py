@@ -179,3 +179,28 @@ def test_beams_sharing_their_source_memory_equal_beams_with_a_copy_each(which, r
     assert [[h.tokens for h in hs] for hs in shared] == [[h.tokens for h in hs] for hs in copied]
     for hs, cs in zip(shared, copied, strict=True):
         assert all(abs(h.score - c.score) < 1e-5 for h, c in zip(hs, cs, strict=True))
+
+
+@pytest.mark.parametrize("which", [4, 5, "trained"])  # models whose sources end K hypotheses before max_len
+def test_early_stopping_ends_a_source_once_k_hypotheses_have_ended(which, request, monkeypatch):
+    from qkv.decode import _Beams
+
+    model, src = request.getfixturevalue("trained") if which == "trained" else make_model(which)
+    if which != "trained":
+        with torch.no_grad():
+            model.generator.weight[2].mul_(1.5)  # <eos> likelier still
+    exact = beam_search(model, src, beam=3, max_len=20)
+    checks: list[tuple[bool, bool]] = []  # per live source and step: (K ended, found done)
+    check = _Beams.check_done
+
+    def spy(self, bound, K, early_stopping=False):
+        going = check(self, bound, K, early_stopping)
+        checks.extend((len(self.ended[b]) >= K, i not in going) for i, b in enumerate(self.live))
+        return going
+
+    monkeypatch.setattr(_Beams, "check_done", spy)
+    early = beam_search(model, src, beam=3, max_len=20, early_stopping=True)
+    assert any(done for _, done in checks) and all(k_ended == done for k_ended, done in checks)
+    for e, x in zip(early, exact, strict=True):
+        assert len(e) == 3 and [h.score for h in e] == sorted((h.score for h in e), reverse=True)
+        assert e[0].score <= x[0].score + 1e-6  # the exact search never finds worse

@@ -93,6 +93,8 @@ def test_cli_generate_embed_attention_export(tmp_path, text_file):
     line = "Whether 'tis nobler\nin"
     assert hf_tok.encode(line).ids == qkv.load(tmp_path / "g").tokenizer.encode(line)
     assert hf_tok.decode(hf_tok.encode(line).ids) == line
+    res = cli("evaluate", str(tmp_path / "g"), "--beam", "4", "--no-early-stopping")
+    assert res.returncode == 2 and "--beam, --early-stopping: how translations are decoded" in res.stderr
     res = cli("embed", str(tmp_path / "g"), "x")
     assert res.returncode == 2 and "needs a bert run" in res.stderr and "Traceback" not in res.stderr
     res = cli("translate", str(tmp_path / "g"), "x")

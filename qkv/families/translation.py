@@ -34,12 +34,13 @@ __all__ = ["TranslationHooks", "TranslationRun", "bleu_scores", "evaluate", "tra
 def translate_batch(
     model: Any, src: torch.Tensor, tgt_tok: Any, *, beam: int = 1, alpha: float = 0.6, **kw: Any
 ) -> list:
-    """The best hypothesis for each source row of src (B, S): greedy when ``beam`` is 1, else beam search."""
-    penalty = kw.pop("penalty", "gnmt")
+    """The best hypothesis for each source row of src (B, S): greedy when ``beam`` is 1, else beam search
+    (``penalty`` and ``early_stopping`` among ``kw`` are beam search's)."""
+    search = {"penalty": kw.pop("penalty", "gnmt"), "early_stopping": kw.pop("early_stopping", False)}
     ids = {"bos_id": tgt_tok.bos_id, "eos_id": tgt_tok.eos_id, **kw}
     if beam == 1:
         return greedy(model, src, **ids)
-    return [h[0] for h in beam_search(model, src, beam=beam, alpha=alpha, penalty=penalty, **ids)]
+    return [h[0] for h in beam_search(model, src, beam=beam, alpha=alpha, **search, **ids)]
 
 
 @torch.no_grad()
@@ -71,7 +72,8 @@ def evaluate(
         correct += int(((logits.argmax(-1) == b.tgt_out) & real).sum())
         tokens += int(real.sum())
         limit = d.max_len(model, b.src)
-        found = translate_batch(model, b.src, tgt_tok, beam=d.beam, alpha=d.alpha, max_len=limit, penalty=d.penalty)
+        search = {"penalty": d.penalty, "early_stopping": d.early_stopping}
+        found = translate_batch(model, b.src, tgt_tok, beam=d.beam, alpha=d.alpha, max_len=limit, **search)
         hyps.extend(tgt_tok.decode(h.tokens) for h in found)
     refs = [t for _, t in pairs]
     out: dict[str, Any] = {
@@ -191,12 +193,15 @@ class TranslationRun(Run):
         alpha: float | None = None,
         max_len: int | None = None,
         batch_size: int = 64,
+        early_stopping: bool | None = None,
     ) -> list[str]:
         """Translate texts (greedy when ``beam`` is 1, else beam search); returns one string per text.
         What is not given comes from the run's ``decode`` config (its preset's way of decoding)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         d = self.config.decode
         beam, alpha = d.beam if beam is None else beam, d.alpha if alpha is None else alpha
+        stop = d.early_stopping if early_stopping is None else early_stopping
+        search = {"penalty": d.penalty, "early_stopping": stop}
         self.model.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
         out: list[str] = [""] * len(texts)
@@ -205,7 +210,7 @@ class TranslationRun(Run):
             src = self.encode_source([texts[j] for j in idx])
             limit = d.max_len(self.model, src) if max_len is None else max_len
             tok = self.tgt_tokenizer
-            hyps = translate_batch(self.model, src, tok, beam=beam, alpha=alpha, max_len=limit, penalty=d.penalty)
+            hyps = translate_batch(self.model, src, tok, beam=beam, alpha=alpha, max_len=limit, **search)
             for j, h in zip(idx, hyps, strict=True):
                 out[j] = self.tgt_tokenizer.decode(h.tokens)
         return out
@@ -236,18 +241,32 @@ class TranslationRun(Run):
                 return i
         return 1
 
-    def evaluate(self, split: str = "test", *, beam: int | None = None, alpha: float | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        split: str = "test",
+        *,
+        beam: int | None = None,
+        alpha: float | None = None,
+        early_stopping: bool | None = None,
+    ) -> dict[str, Any]:
         """Loss, token accuracy, exact match (and BLEU/chrF for translation) on a held-out split, decoded
-        as the run's ``decode`` config says unless ``beam`` / ``alpha`` are given."""
+        as the run's ``decode`` config says unless ``beam`` / ``alpha`` / ``early_stopping`` are given."""
         source = build_source(self.config.task, (self.src_tokenizer, self.tgt_tokenizer))
         bleu = self.config.task.name == "parallel"
         d = self.config.decode
-        d = replace(d, "decode", beam=d.beam if beam is None else beam, alpha=d.alpha if alpha is None else alpha)
+        given = {"beam": beam, "alpha": alpha, "early_stopping": early_stopping}
+        d = replace(d, "decode", **{k: v for k, v in given.items() if v is not None})
         pairs = source.split(split)
         return evaluate(self.model, pairs, self.src_tokenizer, self.tgt_tokenizer, bleu=bleu, decode=d)
 
     def evaluate_files(
-        self, src: str | Path, ref: str | Path, *, beam: int | None = None, alpha: float | None = None
+        self,
+        src: str | Path,
+        ref: str | Path,
+        *,
+        beam: int | None = None,
+        alpha: float | None = None,
+        early_stopping: bool | None = None,
     ) -> dict[str, Any]:
         """Translate ``src`` (one sentence per line) and score it against ``ref`` with sacreBLEU."""
         sources, refs = read_lines(src), read_lines(ref)
@@ -255,7 +274,7 @@ class TranslationRun(Run):
             raise QkvError(
                 f"{src} has {len(sources):,} lines but {ref} has {len(refs):,}; they must be aligned line by line"
             )
-        hyps = self.translate(sources, beam=beam, alpha=alpha)
+        hyps = self.translate(sources, beam=beam, alpha=alpha, early_stopping=early_stopping)
         return {"n": len(refs), "beam": self.config.decode.beam if beam is None else beam, **bleu_scores(hyps, refs)}
 
     def examples(self, split: str, n: int = 5) -> list[tuple[str, str, str]]:

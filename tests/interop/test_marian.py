@@ -229,21 +229,28 @@ def test_ctranslate2_translates_as_qkv_does(which, qkv_run, converted, tmp_path)
     assert ct2_translate(out, run, texts, beam=1, max_len=20) == run.translate(texts, beam=1, max_len=20)
 
 
-@pytest.mark.parametrize(("beam", "alpha"), [(4, 1.0), (3, 0.6), (5, 0.0)])
-def test_beam_search_with_transformers_penalty_equals_generate(marian_dir, converted, beam, alpha):
-    """penalty="transformers" ranks by log p / |Y|^α and stops by transformers' heuristic: the same best
-    hypotheses as ``generate(num_beams=K, length_penalty=α)`` on 40 sentences (some ending on </s>, some
-    at the length limit). qkv's default, GNMT's ((5 + |Y|) / 6)^α with an exact stopping bound, differs."""
+@pytest.mark.parametrize(
+    ("beam", "alpha", "early"), [(4, 1.0, False), (3, 0.6, False), (5, 0.0, False), (4, 1.0, True)]
+)
+def test_beam_search_with_transformers_penalty_equals_generate(marian_dir, converted, beam, alpha, early):
+    """penalty="transformers" ranks by log p / |Y|^α and stops by transformers' heuristic (or, with
+    early_stopping, at K ended hypotheses): the same best hypotheses as ``generate(num_beams=K,
+    length_penalty=α, early_stopping=…)`` on 40 sentences (some ending on </s>, some at the length limit).
+    qkv's default, GNMT's ((5 + |Y|) / 6)^α with an exact stopping bound, differs."""
     model, tok = hf_pair(marian_dir)
     texts = [t for t in sentences(40, 9) if t][:40]
     enc = tok(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
-        out = model.generate(**enc, num_beams=beam, length_penalty=alpha, do_sample=False, max_new_tokens=30)
+        out = model.generate(
+            **enc, num_beams=beam, length_penalty=alpha, early_stopping=early, do_sample=False, max_new_tokens=30
+        )
     theirs = [[t for t in row[1:].tolist() if t != model.config.pad_token_id] for row in out]
     tt = converted.tgt_tokenizer
     ids = {"bos_id": tt.bos_id, "eos_id": tt.eos_id, "max_len": 30}
     src = converted.encode_source(texts)
-    ours = beam_search(converted.model, src, beam=beam, alpha=alpha, penalty="transformers", **ids)
+    ours = beam_search(
+        converted.model, src, beam=beam, alpha=alpha, penalty="transformers", early_stopping=early, **ids
+    )
     assert [h[0].tokens for h in ours] == theirs
     assert 0 < sum(t[-1] == tt.eos_id for t in theirs) < len(theirs)  # both ways of ending are covered
 
