@@ -69,7 +69,7 @@ def main() -> None:
         early = True if a.early_stopping else None
 
         def ours(texts: list[str], beam: int) -> list[str]:
-            return run.translate(texts, beam=beam, early_stopping=early)
+            return run.translate(texts, beam=beam, early_stopping=early, batch_size=64)  # CTranslate2's batch
 
         sides = {"qkv": ours, "ctranslate2": ct2}
         for side in sides.values():  # warm-up

@@ -248,7 +248,12 @@ def add_translate_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument(
         "-o", "--output", type=Path, metavar="FILE", help="write the translations to FILE (default: stdout)"
     )
-    tr.add_argument("--batch-size", type=int, default=64, metavar="N", help="sentences decoded together (default 64)")
+    tr.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="sentences decoded together (default: 320 / beam width: 320 greedy, 64 at beam 5)",
+    )
     _early_stopping_argument(tr)
     _model_arguments(tr)
     _json_argument(tr, '{"source", "translation"}')

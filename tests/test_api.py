@@ -122,3 +122,27 @@ def test_public_model_names():
         "ConvS2S",
     }
     assert callable(GPT.from_hf) and callable(BERT.from_hf)
+
+
+def test_translate_decodes_decode_rows_over_the_beam_width_sentences_at_a_time(tiny_run, monkeypatch):
+    import qkv.families.translation as translation
+
+    run = qkv.load(tiny_run)
+    sizes: list[int] = []
+    decode = translation.translate_batch
+    monkeypatch.setattr(translation, "DECODE_ROWS", 40)
+
+    def counting(model, src, *args, **kwargs):
+        sizes.append(len(src))
+        return decode(model, src, *args, **kwargs)
+
+    monkeypatch.setattr(translation, "translate_batch", counting)
+    texts = ["abc", "hello", "xyz"] * 20  # 60 sentences
+    run.translate(texts, beam=1)
+    assert sizes == [40, 20]
+    sizes.clear()
+    run.translate(texts, beam=4)  # 40 rows: 10 sentences of 4 beams
+    assert sizes == [10] * 6
+    sizes.clear()
+    run.translate(texts, beam=4, batch_size=25)  # a size given is kept
+    assert sizes == [25, 25, 10]
