@@ -290,7 +290,8 @@ class KVCache:
     Layout: position-major rows, (B, capacity, H, D), so that one row's filled positions are one block
     of memory; ``k`` and ``v`` are (B, H, length, D) views of it. Beam search re-ranks the rows at every
     step: ``reorder`` copies the kept rows' filled blocks once, into a spare pair of buffers (allocated
-    at the first reorder) that then take the buffers' place.
+    at the first reorder, as large as the buffers: a reordered cache holds twice the memory) that then take
+    the buffers' place.
     """
 
     def __init__(self, capacity: int | None = None, *, static: bool = False) -> None:
