@@ -58,3 +58,12 @@ def test_licence_and_citation():
     import qkv
 
     assert cff["version"] == qkv.__version__
+
+
+def test_every_link_within_the_readme_names_one_of_its_headings():
+    """A `](#anchor)` link resolves to a heading's anchor as GitHub makes it (lowercase, punctuation dropped,
+    spaces to hyphens)."""
+    headings = re.findall(r"^#+ (.+)$", README, flags=re.M)
+    anchors = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+    links = set(re.findall(r"\]\(#([^)]+)\)", README))
+    assert links and links <= anchors, links - anchors
