@@ -34,6 +34,26 @@ def test_every_map_with_tokens_on_both_axes(run):
     assert not any(isinstance(v, torch.Tensor) and v.dim() == 4 for m in run.model.modules() for v in vars(m).values())
 
 
+@pytest.mark.parametrize("early", [False, True])
+def test_maps_of_a_beam_translation_are_of_what_translate_gives(run, early, monkeypatch):
+    # the map decodes as the run translates: its length penalty and stopping rule included
+    import qkv.viz.maps as maps_module
+    from qkv.config import replace
+
+    monkeypatch.setattr(run.config, "decode", replace(run.config.decode, "decode", early_stopping=early, alpha=0.0))
+    asked: list[dict] = []
+    search = maps_module.beam_search
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs)
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(maps_module, "beam_search", spy)
+    for text in ("abcd", "hello", "xyzzy"):
+        assert run.attention(text, beam=3).output == run.translate(text, beam=3)[0]
+    assert [(a["early_stopping"], a["alpha"]) for a in asked] == [(early, 0.0)] * 3
+
+
 @torch.no_grad()
 def test_maps_equal_the_weights_of_each_incremental_decoding_step(run):
     maps = run.attention("hello")
