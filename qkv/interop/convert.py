@@ -63,7 +63,7 @@ def convert_from_hf(directory: str | Path, out: str | Path) -> Path:
 
 def _convert_marian(src: Path, out: Path) -> Path:
     """A translation run of a Marian directory: the Transformer, both SentencePiece tokenizers, and the way
-    its generation_config.json decodes (beam width, transformers' length penalty), so that the run
+    its generation_config.json decodes (beam width, transformers' length penalty, early stopping), so that the run
     translates as transformers' ``generate`` does."""
     model = marian_from_hf(src)
     src_tok, tgt_tok = marian_tokenizers(src)
@@ -71,11 +71,19 @@ def _convert_marian(src: Path, out: Path) -> Path:
     if (src / "generation_config.json").exists():
         gen = json.loads((src / "generation_config.json").read_text(encoding="utf-8"))
     beam, alpha = int(gen.get("num_beams") or 4), float(gen.get("length_penalty", 1.0))
+    early = gen.get("early_stopping", False)
+    if early not in (True, False):
+        raise QkvError(
+            f"generation_config.json's early_stopping={early!r} is not a rule qkv decodes with (it has false: "
+            "transformers' heuristic, and true): set one of them in a copy of the directory"
+        )
     cfg = RunConfig(
         model=model.cfg,
         train=TrainConfig(lr=5e-5, schedule="constant", warmup=0, max_tokens=4096),
         task=TaskConfig(name="parallel", max_len=model.cfg.max_len - 2),
-        decode=DecodeConfig(beam=min(beam, 64), alpha=alpha, max_len_a=1.0, max_len_b=50, penalty="transformers"),
+        decode=DecodeConfig(
+            beam=min(beam, 64), alpha=alpha, max_len_a=1.0, max_len_b=50, penalty="transformers", early_stopping=early
+        ),
     )
     with new_directory(out) as tmp:
         atomic_write_json(tmp / "config.json", {**cfg.to_dict(), "converted_from": str(src.resolve())})
@@ -181,9 +189,10 @@ def _with_eos(tokenizer_json: str, tok: Any) -> str:
 
 
 def _generation(run: Any, config: dict[str, Any]) -> dict[str, Any]:
-    """generation_config.json: the run's beam width; the ids transformers needs to decode."""
+    """generation_config.json: the run's beam width and stopping rule; the ids transformers needs to decode."""
     return {
         "num_beams": run.config.decode.beam,
+        "early_stopping": run.config.decode.early_stopping,
         "max_length": run.model.cfg.max_len,
         "decoder_start_token_id": config["decoder_start_token_id"],
         "eos_token_id": config["eos_token_id"],

@@ -255,6 +255,25 @@ def test_beam_search_with_transformers_penalty_equals_generate(marian_dir, conve
     assert 0 < sum(t[-1] == tt.eos_id for t in theirs) < len(theirs)  # both ways of ending are covered
 
 
+def test_the_stopping_rule_of_generation_config_converts_and_exports(marian_dir, tmp_path):
+    import shutil
+
+    src = tmp_path / "marian"
+    shutil.copytree(marian_dir, src)
+    gen = {"num_beams": 3, "length_penalty": 0.6, "early_stopping": True}
+    (src / "generation_config.json").write_text(json.dumps(gen))
+    convert_from_hf(src, tmp_path / "run")
+    d = qkv.load(tmp_path / "run").config.decode
+    assert (d.beam, d.alpha, d.penalty, d.early_stopping) == (3, 0.6, "transformers", True)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    exported = json.loads((tmp_path / "out" / "generation_config.json").read_text())
+    assert (exported["num_beams"], exported["early_stopping"]) == (3, True)
+    (src / "generation_config.json").write_text(json.dumps({**gen, "early_stopping": "never"}))
+    with pytest.raises(QkvError, match="early_stopping='never' is not a rule qkv decodes with"):
+        convert_from_hf(src, tmp_path / "run2")
+    assert not (tmp_path / "run2").exists()
+
+
 def test_a_converted_run_decodes_as_generate_by_default(marian_dir, converted):
     model, tok = hf_pair(marian_dir)
     assert (converted.config.decode.penalty, converted.config.decode.alpha) == ("transformers", 1.0)
