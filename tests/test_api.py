@@ -146,3 +146,24 @@ def test_translate_decodes_decode_rows_over_the_beam_width_sentences_at_a_time(t
     sizes.clear()
     run.translate(texts, beam=4, batch_size=25)  # a size given is kept
     assert sizes == [25, 25, 10]
+
+
+def test_teacher_forced_metrics_made_a_block_of_positions_at_a_time_equal_the_whole_logits(tiny_run, monkeypatch):
+    import torch.nn.functional as F
+
+    import qkv.families.translation as translation
+    from qkv.data import encode_pairs, get_task
+
+    run = qkv.load(tiny_run)
+    pairs = get_task(run.config.task).split("test")[:16]
+    b = encode_pairs(pairs, run.src_tokenizer, run.tgt_tokenizer, torch.device("cpu"))
+    pad = run.tgt_tokenizer.pad_id
+    with torch.no_grad():
+        logits = run.model(b.src, b.tgt_in)  # (B, T, V): the whole block at once
+    want_nll = float(F.cross_entropy(logits.flatten(0, 1), b.tgt_out.flatten(), ignore_index=pad, reduction="sum"))
+    real = b.tgt_out != pad
+    want = (want_nll, int(((logits.argmax(-1) == b.tgt_out) & real).sum()), int(real.sum()))
+    monkeypatch.setattr(translation, "EVAL_LOGITS", 7 * logits.size(-1))  # blocks of 7 positions
+    nll, correct, tokens = translation.teacher_forced(run.model, b.src, b.tgt_in, b.tgt_out, pad)
+    assert b.tgt_out.numel() > 7 * 3 and (correct, tokens) == want[1:]
+    assert abs(nll - want[0]) < 1e-4 * want[0]

@@ -28,7 +28,16 @@ if TYPE_CHECKING:
     from qkv.recipes import RunConfig
     from qkv.viz.maps import AttentionMaps
 
-__all__ = ["DECODE_ROWS", "TranslationHooks", "TranslationRun", "bleu_scores", "evaluate", "translate_batch"]
+__all__ = [
+    "DECODE_ROWS",
+    "EVAL_LOGITS",
+    "TranslationHooks",
+    "TranslationRun",
+    "bleu_scores",
+    "evaluate",
+    "teacher_forced",
+    "translate_batch",
+]
 
 DECODE_ROWS = 320
 """Rows (sentences × beam width) ``translate`` decodes together unless told: 320 sentences greedy, 64 at beam 5.
@@ -46,6 +55,27 @@ def translate_batch(
     if beam == 1:
         return greedy(model, src, **ids)
     return [h[0] for h in beam_search(model, src, beam=beam, alpha=alpha, **search, **ids)]
+
+
+EVAL_LOGITS = 1 << 22
+"""The most logits :func:`teacher_forced` holds at once (16 MB in float32): a block of target positions at a
+time, so that a large vocabulary (Marian's 58k) over a batch of long sentences is not gigabytes at once."""
+
+
+@torch.no_grad()
+def teacher_forced(model: Any, src: torch.Tensor, tgt_in: torch.Tensor, target: torch.Tensor, pad_id: int) -> tuple:
+    """(summed NLL, correct next tokens, target tokens) of predicting ``target`` (B, T) from ``src`` (B, S)
+    and the shifted ``tgt_in`` (B, T); the logits are made :data:`EVAL_LOGITS` at a time."""
+    memory, src_mask, _ = model.encode(src)
+    states, _ = model.decode_states(tgt_in, memory, src_mask)  # (B, T, d)
+    states, target = states.reshape(-1, states.size(-1)), target.reshape(-1)  # (B*T, d), (B*T,)
+    rows = max(1, EVAL_LOGITS // model.generator.out_features)
+    nll, correct = 0.0, 0
+    for i in range(0, target.numel(), rows):
+        logits, t = model.generator(states[i : i + rows]), target[i : i + rows]  # (rows, V), (rows,)
+        nll += float(label_smoothed_loss(logits, t, 0.0, pad_id))
+        correct += int(((logits.argmax(-1) == t) & (t != pad_id)).sum())
+    return nll, correct, int((target != pad_id).sum())
 
 
 @torch.no_grad()
@@ -71,11 +101,8 @@ def evaluate(
     pairs = sorted(pairs, key=lambda p: len(p[0]))  # similar lengths share a batch; metrics ignore order
     for i in range(0, len(pairs), batch_size):
         b = encode_pairs(pairs[i : i + batch_size], src_tok, tgt_tok, device)
-        logits = model(b.src, b.tgt_in)  # (B, T, V)
-        real = b.tgt_out != tgt_tok.pad_id
-        nll += float(label_smoothed_loss(logits, b.tgt_out, 0.0, tgt_tok.pad_id))
-        correct += int(((logits.argmax(-1) == b.tgt_out) & real).sum())
-        tokens += int(real.sum())
+        batch_nll, batch_correct, batch_tokens = teacher_forced(model, b.src, b.tgt_in, b.tgt_out, tgt_tok.pad_id)
+        nll, correct, tokens = nll + batch_nll, correct + batch_correct, tokens + batch_tokens
         limit = d.max_len(model, b.src)
         search = {"penalty": d.penalty, "early_stopping": d.early_stopping}
         found = translate_batch(model, b.src, tgt_tok, beam=d.beam, alpha=d.alpha, max_len=limit, **search)
