@@ -163,7 +163,11 @@ def test_parallel_text_train_translate_evaluate(tmp_path):
     lines = res.stderr.splitlines()  # the scores with their signatures for people; JSON alone on stdout
     assert lines[0].startswith("BLEU") and "nrefs:1|case:mixed|eff:no|tok:13a" in lines[0]
     assert "case:lc" in lines[1] and lines[2].startswith("chrF")
-    assert json.loads(res.stdout)["n"] == 20
+    scored = json.loads(res.stdout)
+    assert (scored["n"], scored["beam"], scored["early_stopping"]) == (20, 2, False)
+    files = ["--src", str(f["valid.de"]), "--ref", str(f["valid.en"])]
+    early = json.loads(qkv("evaluate", str(out), *files, "--beam", "2", "--early-stopping").stdout)
+    assert early["early_stopping"] is True
     res = qkv("translate", str(out), "-i", str(f["valid.de"]))
     assert res.returncode == 0 and len(res.stdout.splitlines()) == 20
     short = tmp_path / "short.en"

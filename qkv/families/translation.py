@@ -309,7 +309,10 @@ class TranslationRun(Run):
                 f"{src} has {len(sources):,} lines but {ref} has {len(refs):,}; they must be aligned line by line"
             )
         hyps = self.translate(sources, beam=beam, alpha=alpha, early_stopping=early_stopping)
-        return {"n": len(refs), "beam": self.config.decode.beam if beam is None else beam, **bleu_scores(hyps, refs)}
+        d = self.config.decode
+        how = {"beam": d.beam if beam is None else beam}
+        how["early_stopping"] = d.early_stopping if early_stopping is None else early_stopping
+        return {"n": len(refs), **how, **bleu_scores(hyps, refs)}
 
     def examples(self, split: str, n: int = 5) -> list[tuple[str, str, str]]:
         """(source, reference, translation) of the first ``n`` pairs of a held-out split."""
