@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from op_families import decoding_family, family_times, shares  # beside this script
 from torch.profiler import profile
@@ -50,11 +53,25 @@ def module_at(rev: str, path: str):
     return module
 
 
+def tolerant(fn: Callable) -> Callable:
+    """``fn``, also taking the keyword arguments that came after it, as long as they ask for their default
+    (False or None, as ``early_stopping=False``), and dropping them."""
+    known = inspect.signature(fn).parameters
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        later = {k: v for k, v in kwargs.items() if k not in known}
+        if any(v not in (False, None) for v in later.values()):
+            raise SystemExit(f"the revision before has no {', '.join(later)}: compare without it")
+        return fn(*args, **{k: v for k, v in kwargs.items() if k in known})
+
+    return call
+
+
 def decoding_at(rev: str) -> tuple:
     """(greedy, beam_search, the Transformer's DecoderCache) as they were at ``rev``."""
     decode, attention, layers = (module_at(rev, f"qkv/{name}.py") for name in ("decode", "attention", "layers"))
     layers.KVCache = attention.KVCache  # that revision's caches hold that revision's KV caches
-    return decode.greedy, decode.beam_search, layers.DecoderCache
+    return tolerant(decode.greedy), tolerant(decode.beam_search), layers.DecoderCache
 
 
 def use(variant: tuple) -> None:
