@@ -100,6 +100,10 @@ class DecodeConfig(ConfigBase):
         check(self.max_len_b >= 0, s, "max_len_b", self.max_len_b, "must be >= 0")
         check(self.max_len_a > 0 or self.max_len_b > 0, s, "max_len_b", self.max_len_b, "a or b must be > 0")
 
+    def search(self) -> dict[str, Any]:
+        """Beam search's keyword arguments this config sets: ``alpha``, ``penalty``, ``early_stopping``."""
+        return {"alpha": self.alpha, "penalty": self.penalty, "early_stopping": self.early_stopping}
+
     def max_len(self, model: EncoderDecoder, src: Tensor) -> int:
         """The target length limit for the sources ``src`` (B, S)."""
         return default_max_len(model, src, self.max_len_a, self.max_len_b)

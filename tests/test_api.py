@@ -146,6 +146,8 @@ def test_translate_decodes_decode_rows_over_the_beam_width_sentences_at_a_time(t
     sizes.clear()
     run.translate(texts, beam=4, batch_size=25)  # a size given is kept
     assert sizes == [25, 25, 10]
+    with pytest.raises(qkv.errors.QkvError, match="batch size must be >= 1"):
+        run.translate(texts, batch_size=0)  # not taken for "the default"
 
 
 def test_teacher_forced_metrics_made_a_block_of_positions_at_a_time_equal_the_whole_logits(tiny_run, monkeypatch):

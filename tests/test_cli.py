@@ -70,6 +70,7 @@ def test_train_end_to_end_then_resume(tmp_path, tiny_overrides):
         (["train", "reverse", "d_model=30", "h=4"], "model.d_model"),
         (["train", "reverse", "dropout=-0.5"], "model.dropout"),
         (["train", "reverse", "stpes=5"], "did you mean 'steps'"),
+        (["train", "reverse", "decode.early_stopping=maybe"], "decode.early_stopping='maybe' is not a valid bool"),
         (["train", "--resume", "/nonexistent/run"], "not a qkv run directory"),
     ],
 )

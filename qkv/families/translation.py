@@ -104,8 +104,7 @@ def evaluate(
         batch_nll, batch_correct, batch_tokens = teacher_forced(model, b.src, b.tgt_in, b.tgt_out, tgt_tok.pad_id)
         nll, correct, tokens = nll + batch_nll, correct + batch_correct, tokens + batch_tokens
         limit = d.max_len(model, b.src)
-        search = {"penalty": d.penalty, "early_stopping": d.early_stopping}
-        found = translate_batch(model, b.src, tgt_tok, beam=d.beam, alpha=d.alpha, max_len=limit, **search)
+        found = translate_batch(model, b.src, tgt_tok, beam=d.beam, max_len=limit, **d.search())
         hyps.extend(tgt_tok.decode(h.tokens) for h in found)
     refs = [t for _, t in pairs]
     out: dict[str, Any] = {
@@ -232,10 +231,13 @@ class TranslationRun(Run):
         the run's ``decode`` config (its preset's way of decoding)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         d = self.config.decode
-        beam, alpha = d.beam if beam is None else beam, d.alpha if alpha is None else alpha
-        stop = d.early_stopping if early_stopping is None else early_stopping
-        search = {"penalty": d.penalty, "early_stopping": stop}
-        batch_size = batch_size or max(1, DECODE_ROWS // max(beam, 1))
+        beam = d.beam if beam is None else beam
+        given = {"alpha": alpha, "early_stopping": early_stopping}
+        search = d.search() | {k: v for k, v in given.items() if v is not None}
+        if batch_size is None:
+            batch_size = max(1, DECODE_ROWS // max(beam, 1))
+        elif batch_size < 1:
+            raise QkvError(f"batch size must be >= 1 (got {batch_size})")
         self.model.eval()
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths share a batch
         out: list[str] = [""] * len(texts)
@@ -244,7 +246,7 @@ class TranslationRun(Run):
             src = self.encode_source([texts[j] for j in idx])
             limit = d.max_len(self.model, src) if max_len is None else max_len
             tok = self.tgt_tokenizer
-            hyps = translate_batch(self.model, src, tok, beam=beam, alpha=alpha, max_len=limit, **search)
+            hyps = translate_batch(self.model, src, tok, beam=beam, max_len=limit, **search)
             for j, h in zip(idx, hyps, strict=True):
                 out[j] = self.tgt_tokenizer.decode(h.tokens)
         return out

@@ -141,8 +141,7 @@ def attention_maps(run: Any, text: str, *, target: str | None = None, beam: int 
         if beam == 1:
             hyp = greedy(model, src, **ids)[0]
         else:
-            search = {"alpha": decode.alpha, "penalty": decode.penalty, "early_stopping": decode.early_stopping}
-            hyp = beam_search(model, src, beam=beam, **search, **ids)[0][0]
+            hyp = beam_search(model, src, beam=beam, **decode.search(), **ids)[0][0]
         produced = hyp.tokens
     else:
         produced = tgt_tok.encode(target) + [tgt_tok.eos_id]
