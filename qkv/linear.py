@@ -12,7 +12,11 @@ Three paths compute the same thing (the third approximately):
 * the **int8 path**, after :func:`set_int8` (``qkv.load(..., quantize="int8")``, ``--quantize int8``): each
   row of W quantized to int8 with its own scale, the input quantized per call, fbgemm's int8 matrix
   product (``torch.ops.quantized.linear_dynamic``: PyTorch's dynamic quantization). A quarter of the
-  bytes per weight, for CPU inference that is bound by reading them. On CPUs where that product would
+  bytes per weight, for CPU inference that is bound by reading them. On CPUs with AMX, large products
+  (:func:`int8_engine`: at least :data:`ONEDNN_INT8_ROWS` rows and :data:`ONEDNN_INT8_MACS`
+  multiply-adds) run oneDNN's int8 kernel on a second packed copy instead, with the same quantization,
+  1.2–4.5× faster than fbgemm there (``benchmarks/int8_engines.py``); oneDNN prepares a kernel, about
+  1 ms, for each new row count (kept in its cache). On CPUs where that product would
   saturate at full-range weights (AVX2 without VNNI), the weights take 7 bits (:func:`int8_weight_max`).
   The input's one scale per call is what costs precision, and a few input channels of trained models
   (BERT's, after a LayerNorm or a GELU) are 10–20× larger than the rest: with ``outliers``
@@ -40,6 +44,7 @@ packed path off.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 import weakref
 from typing import Any
@@ -49,10 +54,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "ONEDNN_INT8_MACS",
+    "ONEDNN_INT8_ROWS",
     "OUTLIER_RATIO",
     "Linear",
+    "int8_engine",
     "int8_linear",
     "int8_weight_max",
+    "onednn_int8_available",
     "packed_linear_available",
     "set_int8",
     "set_packing",
@@ -94,9 +103,9 @@ class Linear(nn.Linear):
         self._packed: dict[tuple[int, int], tuple[weakref.ref[Tensor], tuple[int, int], Tensor]] | None = None
 
     def _packed_weight(self, start: int, stop: int, kind: str = "fp32") -> Any:
-        """The packed copy (``kind`` fp32: oneDNN's layout; int8: fbgemm's, weights quantized per row) of
-        rows start..stop-1 of the current weight, packed again if the weight is another tensor, was changed
-        in place (its version counter moved) or moved to other storage."""
+        """The packed copy of rows start..stop-1 of the current weight — ``kind`` fp32: oneDNN's float32
+        layout; fbgemm or onednn: that int8 kernel's, weights quantized per row — packed again if the weight
+        is another tensor, was changed in place (its version counter moved) or moved to other storage."""
         w = self.weight
         state = (w._version, w.data_ptr())
         if self._packed is None:
@@ -106,13 +115,20 @@ class Linear(nn.Linear):
         if kept is None or kept[0]() is not w or kept[1] != state:
             self._packed.pop(key, None)  # type: ignore[call-overload]  # free the stale copy first
             rows = w.detach()[start:stop].contiguous()
-            if kind == "int8":
-                bias = None if self.bias is None else self.bias.detach()[start:stop].contiguous()
-                packed = _int8_pack(rows, bias)
-            else:
+            if kind == "fp32":
                 packed = torch.ops.mkldnn._reorder_linear_weight(rows, PACK_ROWS)
+            else:
+                bias = None if self.bias is None else self.bias.detach()[start:stop].contiguous()
+                packed = _int8_pack(rows, bias, engine=None if kind == "fbgemm" else kind)
             self._packed[key] = (weakref.ref(w), state, packed)  # type: ignore[index]
         return self._packed[key][2]  # type: ignore[index]
+
+    def _int8_rows(self, x: Tensor, start: int, stop: int, weight: Tensor) -> Tensor:
+        """x (N, in_features) -> (N, stop - start) on int8 weights, by the kernel :func:`int8_engine` picks."""
+        packed = self._packed_weight(start, stop, int8_engine(x.size(0), stop - start, x.size(1)))
+        if self.int8_outliers:
+            return int8_linear(x, packed, weight)
+        return torch.ops.quantized.linear_dynamic(x, packed, False)
 
     def rows(self, x: Tensor, start: int, stop: int) -> Tensor:
         """x (..., in_features) -> (..., stop - start): only output rows start..stop-1 of the map (e.g. the
@@ -123,12 +139,7 @@ class Linear(nn.Linear):
             bias = None if bias is None else bias[start:stop]
         fast = not torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_compiling()
         if fast and self.int8 and x.dtype == torch.float32:
-            flat = x.reshape(-1, x.size(-1))  # (N, in_features)
-            packed = self._packed_weight(start, stop, "int8")
-            if self.int8_outliers:
-                y = int8_linear(flat, packed, weight)
-            else:
-                y = torch.ops.quantized.linear_dynamic(flat, packed, False)
+            y = self._int8_rows(x.reshape(-1, x.size(-1)), start, stop, weight)  # (N, stop - start)
             return y.view(*x.shape[:-1], stop - start)
         if fast and self.packing and x.dtype == self.weight.dtype == torch.float32 and packed_linear_available():
             return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(start, stop), bias, "none", [], "")
@@ -167,16 +178,59 @@ def int8_weight_max() -> int:
     return 127 if abs(y.item() - 64.0) < 0.5 else 63
 
 
-def _int8_pack(w: Tensor, bias: Tensor | None, qmax: int | None = None) -> Any:
-    """fbgemm's packed int8 weight: each row quantized symmetrically, to ±qmax (default
-    int8_weight_max()), with its own scale (activations keep all 8 bits: their one scale per call is what
-    costs precision)."""
+_ENGINE_LOCK = threading.Lock()  # the quantized engine is process-wide; only packing reads it
+
+
+def _int8_pack(w: Tensor, bias: Tensor | None, qmax: int | None = None, *, engine: str | None = None) -> Any:
+    """The packed int8 weight of ``engine``'s kernel (None: the default engine's, fbgemm on x86): each row
+    quantized symmetrically, to ±qmax (default int8_weight_max()), with its own scale (activations keep all
+    8 bits: their one scale per call is what costs precision). A packed weight keeps its kernel whatever
+    the engine is later: ``linear_dynamic`` dispatches on it."""
     scales = (w.abs().amax(dim=1) / (qmax or int8_weight_max())).clamp(min=1e-12).double()
     zero = torch.zeros(w.size(0), dtype=torch.long, device=w.device)
     with warnings.catch_warnings():  # quantized tensors are PyTorch's (deprecated) way into these kernels
         warnings.simplefilter("ignore")
         qw = torch.quantize_per_channel(w.float(), scales, zero, 0, torch.qint8)
-    return torch.ops.quantized.linear_prepack(qw, bias)
+    if engine is None:
+        return torch.ops.quantized.linear_prepack(qw, bias)
+    with _ENGINE_LOCK:
+        before = torch.backends.quantized.engine
+        torch.backends.quantized.engine = engine
+        try:
+            return torch.ops.quantized.linear_prepack(qw, bias)
+        finally:
+            torch.backends.quantized.engine = before
+
+
+# Where oneDNN's int8 product beats fbgemm's on a 2-core AMX Xeon (benchmarks/int8_engines.py, ratios of
+# the two side by side): from about 2^25 multiply-adds per call (1.2–2.7× at 64–320 rows of the Multi30k
+# model's 1024×256 and 8000×256 maps, 1.5–3.5× on GPT-2's), and not below 32 rows, where fbgemm is up to
+# 3× faster whatever the size (batch-1 decoding).
+ONEDNN_INT8_ROWS = 32
+ONEDNN_INT8_MACS = 1 << 25
+
+
+@functools.cache
+def onednn_int8_available() -> bool:
+    """True on a CPU with AMX tiles whose torch build has oneDNN's quantized engine, and its int8 product
+    agrees with fbgemm's (the same quantization: to float32 rounding)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private; absent means: not known, not used
+    try:
+        if amx is None or not amx() or "onednn" not in torch.backends.quantized.supported_engines:
+            return False
+        g = torch.Generator().manual_seed(0)  # a probe must not move the global RNG
+        w, b, x = (torch.randn(*shape, generator=g) for shape in ((16, 64), (16,), (40, 64)))
+        ys = [torch.ops.quantized.linear_dynamic(x, _int8_pack(w, b, engine=e), False) for e in (None, "onednn")]
+        return bool(torch.allclose(ys[0], ys[1], atol=1e-4))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def int8_engine(rows: int, out_features: int, in_features: int) -> str:
+    """The int8 kernel for a product of ``rows`` inputs with an (out_features, in_features) weight: "onednn"
+    for large products where :func:`onednn_int8_available`, "fbgemm" otherwise."""
+    large = rows >= ONEDNN_INT8_ROWS and rows * out_features * in_features >= ONEDNN_INT8_MACS
+    return "onednn" if large and onednn_int8_available() else "fbgemm"
 
 
 OUTLIER_RATIO = 6.0

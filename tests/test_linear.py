@@ -195,6 +195,52 @@ def test_int8_weight_max_keeps_the_worst_case_product_exact() -> None:
     torch.testing.assert_close(y, torch.full((3, 2), 64.0), rtol=0, atol=0.5)
 
 
+def test_int8_engine_rule_gives_onednn_only_large_products_where_it_is_available(monkeypatch) -> None:
+    """fbgemm everywhere oneDNN's int8 kernel is not available; where it is, oneDNN from ONEDNN_INT8_ROWS
+    rows and ONEDNN_INT8_MACS multiply-adds, and never below that many rows, however large the weight."""
+    import qkv.linear as L
+
+    monkeypatch.setattr(L, "onednn_int8_available", lambda: False)
+    assert L.int8_engine(4096, 50257, 768) == "fbgemm"
+    monkeypatch.setattr(L, "onednn_int8_available", lambda: True)
+    rows, macs = L.ONEDNN_INT8_ROWS, L.ONEDNN_INT8_MACS
+    assert L.int8_engine(rows, macs // rows, 1) == "onednn"
+    assert L.int8_engine(rows, macs // rows - 1, 1) == "fbgemm"  # one multiply-add per row short
+    assert L.int8_engine(rows - 1, 50257, 768) == "fbgemm"  # decoding a few rows: fbgemm
+    assert L.int8_engine(320, 8000, 256) == "onednn"  # a Multi30k decoding step's output projection
+
+
+@pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines, reason="no oneDNN int8 engine")
+def test_onednn_int8_path_agrees_with_fbgemm_and_leaves_the_engine_as_it_was(monkeypatch) -> None:
+    """The oneDNN kernel's product (forced here, whatever the CPU) is fbgemm's to float32 rounding (the
+    same quantization); it keeps its own packed copy beside fbgemm's; packing it does not change the
+    process's quantized engine."""
+    import qkv.linear as L
+
+    torch.manual_seed(0)
+    lin = Linear(64, 96).eval()
+    L.set_int8(lin)
+    x = torch.randn(5, 3, 64)
+    engine = torch.backends.quantized.engine
+    with torch.no_grad():
+        fbgemm = lin(x)
+        monkeypatch.setattr(L, "int8_engine", lambda rows, out_features, in_features: "onednn")
+        onednn = lin(x)
+        block = lin.rows(x, 32, 96)
+    assert torch.backends.quantized.engine == engine
+    assert {key[2] for key in lin._packed if len(key) == 3} == {"fbgemm", "onednn"}
+    torch.testing.assert_close(onednn, fbgemm, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(block, onednn[..., 32:96], atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_int8_probe_is_a_bool_and_leaves_the_global_rng_alone() -> None:
+    from qkv.linear import onednn_int8_available
+
+    state = torch.random.get_rng_state()
+    assert isinstance(onednn_int8_available.__wrapped__(), bool)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_int8_outlier_channels_go_through_float32() -> None:
     """An input channel far above the others (as after BERT's LayerNorms) would set the per-call int8 scale
     for all of them; int8_linear multiplies it in float32 instead: without one, it is the plain dynamic int8
