@@ -228,7 +228,8 @@ class _StopFlag:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after ``step`` (and a torn last line) when resuming."""
+    """Drop metric lines logged after ``step`` when resuming, and damaged ones (a torn last line, a line that
+    is not a JSON object with a numeric step), as :func:`~qkv.checkpoint.read_metrics` skips them."""
     if not path.exists():
         return
     keep = []
@@ -237,7 +238,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if row.get("step", 0) <= step:
+        logged = row.get("step", 0) if isinstance(row, dict) else None
+        if isinstance(logged, (int, float)) and not isinstance(logged, bool) and logged <= step:
             keep.append(line)
     atomic_write_bytes(path, ("".join(k + "\n" for k in keep)).encode())
 

@@ -233,6 +233,19 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0(tmp_path, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resuming_keeps_metrics_up_to_the_step_and_drops_damaged_lines(tmp_path):
+    """Rows after the resumed step go; so do lines that are not JSON objects with a numeric step (a torn
+    line, a bare number, a string step), which used to stop the resume with an internal error."""
+    from qkv.train import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"kind": "train", "step": 50}, {"kind": "eval", "step": 100}, {"kind": "train", "step": 150}]
+    damaged = ["0", "[1, 2]", '{"step": "7"}', '{"step": true}', '{"kind": "tr']
+    path.write_text("\n".join([json.dumps(rows[0]), *damaged, *map(json.dumps, rows[1:])]) + "\n")
+    _truncate_metrics(path, 100)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
+
+
 def test_resume_checks(tmp_path, tiny_overrides):
     over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))] + ["steps=8", "eval_every=4"]
     run = tmp_path / "r"
