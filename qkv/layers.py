@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.attention import KVCache, MultiHeadAttention
-from qkv.linear import Linear
+from qkv.linear import ACTIVATIONS, Linear
 
 __all__ = [
     "ACTIVATIONS",
@@ -66,14 +66,6 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-ACTIVATIONS = {
-    "relu": F.relu,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "swish": F.silu,  # x · sigmoid(x) (Marian's opus-mt models)
-}
-
-
 class SinusoidalPositionalEncoding(nn.Module):
     """PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model)).
 
@@ -123,11 +115,13 @@ class FeedForward(nn.Module):
         self.w_1 = Linear(d_model, d_ff)
         self.w_2 = Linear(d_ff, d_model)
         self.dropout = Dropout(dropout)
-        self.activation = ACTIVATIONS[activation]
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r}: choose one of {', '.join(ACTIVATIONS)}")
+        self.activation = activation  # applied by w_1, fused into its product where the kernel can
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, d_model) -> (B, T, d_model)."""
-        return self.w_2(self.dropout(self.activation(self.w_1(x))))
+        return self.w_2(self.dropout(self.w_1(x, activation=self.activation)))
 
 
 @dataclass

@@ -47,6 +47,7 @@ import functools
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "ACTIVATIONS",
     "ONEDNN_INT8_MACS",
     "ONEDNN_INT8_ROWS",
     "OUTLIER_RATIO",
@@ -71,6 +73,20 @@ __all__ = [
 # CPU over GPT-2 small's matrices: a hint of 16 rows is 5–10% faster than no hint at 1 and 8 rows
 # (decoding) and the same at 32–512 rows (prompts, evaluation batches).
 PACK_ROWS = 16
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "swish": F.silu,  # x · sigmoid(x) (Marian's opus-mt models)
+}
+"""The activations a :class:`Linear` can apply to its output (``activation=``: the feed-forward's hidden
+layer)."""
+
+# Each activation as oneDNN's packed linear fuses it into the product: (post-op, its algorithm); int8's
+# kernels fuse relu alone (``linear_relu_dynamic``). Tested to agree with ACTIVATIONS.
+POST_OPS = {"relu": ("relu", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "swish": ("swish", "")}
 
 
 @functools.cache
@@ -123,31 +139,39 @@ class Linear(nn.Linear):
             self._packed[key] = (weakref.ref(w), state, packed)  # type: ignore[index]
         return self._packed[key][2]  # type: ignore[index]
 
-    def _int8_rows(self, x: Tensor, start: int, stop: int, weight: Tensor) -> Tensor:
-        """x (N, in_features) -> (N, stop - start) on int8 weights, by the kernel :func:`int8_engine` picks."""
+    def _int8_rows(self, x: Tensor, start: int, stop: int, weight: Tensor, activation: str | None) -> Tensor:
+        """x (N, in_features) -> (N, stop - start) on int8 weights, by the kernel :func:`int8_engine` picks,
+        then ``activation`` (relu fused into the kernel)."""
         packed = self._packed_weight(start, stop, int8_engine(x.size(0), stop - start, x.size(1)))
         if self.int8_outliers:
-            return int8_linear(x, packed, weight)
-        return torch.ops.quantized.linear_dynamic(x, packed, False)
+            y = int8_linear(x, packed, weight)
+        elif activation == "relu":
+            return torch.ops.quantized.linear_relu_dynamic(x, packed, False)
+        else:
+            y = torch.ops.quantized.linear_dynamic(x, packed, False)
+        return y if activation is None else ACTIVATIONS[activation](y)
 
-    def rows(self, x: Tensor, start: int, stop: int) -> Tensor:
+    def rows(self, x: Tensor, start: int, stop: int, activation: str | None = None) -> Tensor:
         """x (..., in_features) -> (..., stop - start): only output rows start..stop-1 of the map (e.g. the
-        W^K, W^V block of a fused attention projection)."""
+        W^K, W^V block of a fused attention projection), then ``activation`` (a name in
+        :data:`ACTIVATIONS`; fused into the product on the packed and int8 paths where the kernel can)."""
         weight, bias = self.weight, self.bias
         if (start, stop) != (0, self.out_features):  # a block: slices (all rows train on the parameters
             weight = weight[start:stop]  # themselves; a slice's backward writes a weight-sized zero tensor)
             bias = None if bias is None else bias[start:stop]
         fast = not torch.is_grad_enabled() and x.device.type == "cpu" and not torch.compiler.is_compiling()
         if fast and self.int8 and x.dtype == torch.float32:
-            y = self._int8_rows(x.reshape(-1, x.size(-1)), start, stop, weight)  # (N, stop - start)
+            y = self._int8_rows(x.reshape(-1, x.size(-1)), start, stop, weight, activation)  # (N, stop - start)
             return y.view(*x.shape[:-1], stop - start)
         if fast and self.packing and x.dtype == self.weight.dtype == torch.float32 and packed_linear_available():
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(start, stop), bias, "none", [], "")
-        return F.linear(x, weight, bias)
+            post_op, algorithm = POST_OPS[activation] if activation else ("none", "")
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(start, stop), bias, post_op, [], algorithm)
+        y = F.linear(x, weight, bias)
+        return y if activation is None else ACTIVATIONS[activation](y)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (..., in_features) -> (..., out_features)."""
-        return self.rows(x, 0, self.out_features)
+    def forward(self, x: Tensor, activation: str | None = None) -> Tensor:
+        """x (..., in_features) -> (..., out_features), then ``activation`` (see :meth:`rows`)."""
+        return self.rows(x, 0, self.out_features, activation)
 
     def _apply(self, fn: Any, recurse: bool = True) -> Linear:
         """Moves and casts (``.to``, ``.cuda``, ``.half``) drop the packed copies: they belong to the old

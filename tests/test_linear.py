@@ -126,6 +126,26 @@ def test_a_new_weight_tensor_is_packed_again() -> None:
             torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swish"])
+def test_a_fused_activation_equals_the_activation_after_the_product(activation: str) -> None:
+    """Every activation, fused into oneDNN's packed product (a post-op) or into int8's kernel (relu), or
+    applied after F.linear (training): the same as ACTIVATIONS[activation] of the plain product."""
+    from qkv.linear import ACTIVATIONS, POST_OPS, set_int8
+
+    assert POST_OPS.keys() == ACTIVATIONS.keys()
+    torch.manual_seed(0)
+    lin = Linear(32, 48).eval()
+    x = torch.randn(2, 7, 32) * 2
+    ref = ACTIVATIONS[activation](F.linear(x, lin.weight, lin.bias))
+    torch.testing.assert_close(lin(x, activation=activation), ref)  # autograd on: the reference path
+    with torch.no_grad():
+        torch.testing.assert_close(lin(x, activation=activation), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lin.rows(x, 16, 48, activation), ref[..., 16:48], atol=1e-5, rtol=1e-5)
+        set_int8(lin)
+        fused = lin(x, activation=activation)
+        assert torch.equal(fused, ACTIVATIONS[activation](lin(x)))
+
+
 @needs_packing
 def test_a_block_of_rows_equals_the_same_rows_of_the_reference() -> None:
     torch.manual_seed(1)
