@@ -40,6 +40,7 @@ def training_family(name: str) -> str:
     return next((f for f, keys in TRAINING_FAMILIES if any(k in name for k in keys)), "other element-wise")
 
 
+WEIGHT_PRODUCTS = ("_linear_pointwise", "linear", "addmm", "mm", "linear_dynamic")  # x Wᵀ (+ b): qkv.linear's paths
 DECODING_MATMUL = ("mm", "addmm", "bmm", "matmul", "linear", "_linear_pointwise", "scaled_dot_product", "baddbmm")
 DECODING_MOVES = ("index_select", "copy_", "index", "gather")
 

@@ -15,8 +15,9 @@ their fresh pages at every step and so narrows the ratio.
     python benchmarks/train_speed.py --train ../shared/data/multi30k/train.de ../shared/data/multi30k/train.en \
         [--steps 30] [--profile] [--preset multi30k-30min --precision bf16] \
         [--run RUN --test ../shared/data/multi30k/test_2016_flickr.de] [--keep-freed-memory]
-    python benchmarks/train_speed.py --run RUN --test ../shared/data/multi30k/test_2016_flickr.de  # decoding:
-        # fp32 against int8 weights (int8 and int8-mixed)
+    python benchmarks/train_speed.py --run RUN --test ../shared/data/multi30k/test_2016_flickr.de [--profile]
+        # decoding: fp32 against int8 weights (int8 and int8-mixed); --profile: also the most int8 weights could
+        # gain, from fp32's weight-product time in a profiled translation
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 import qkv
+from qkv.api import Run
 from qkv.data import read_lines
 from qkv.data.store import BucketStream, prepare_store
 from qkv.devices import autocast, keep_freed_memory
@@ -149,9 +151,25 @@ def profile_steps(cfg: TransformerConfig, batches, ref_dropout: float, precision
         print(f"profile, {name} (4 steps, {sum(times.values()) / 4e3:.0f} ms of operators a step): {shares(times)}")
 
 
-def decode_speed(run_dir: str, test_src: str, limit: int, rounds: int = 2) -> None:
+def product_bound(run: Run, sentences: list[str], beam: int, wall: float) -> str:
+    """How far int8 weights could speed up fp32 decoding that takes ``wall`` seconds at most: wall / (wall −
+    the weight products' operator time), the products' time measured in one profiled fp32 translation."""
+    from op_families import WEIGHT_PRODUCTS, family_times  # beside this script
+    from torch.profiler import profile
+
+    with profile() as prof:
+        run.translate(sentences, beam=beam)
+    products = family_times(prof, lambda name: "products" if name in WEIGHT_PRODUCTS else "other")["products"] / 1e6
+    return (
+        f"fp32's weight products (what int8 replaces) take {products:.2f} s of its {wall:.2f} s: int8 could "
+        f"reach at most {wall / (wall - products):.2f}x fp32 were its products free"
+    )
+
+
+def decode_speed(run_dir: str, test_src: str, limit: int, rounds: int = 2, bound: bool = False) -> None:
     """Sentences/s of greedy and beam-5 translation of the test set with a trained run, fp32 against int8
-    weights (``--quantize int8`` and ``int8-mixed``), alternating rounds, best of each."""
+    weights (``--quantize int8`` and ``int8-mixed``), alternating rounds, best of each; with ``bound``, also
+    the most int8 weights could gain (:func:`product_bound`)."""
     runs = {q: qkv.load(run_dir, device="cpu", quantize=q) for q in ("none", "int8", "int8-mixed")}
     sentences = read_lines(test_src)[:limit]
     for run in runs.values():  # warm-up: packs the weights
@@ -168,6 +186,8 @@ def decode_speed(run_dir: str, test_src: str, limit: int, rounds: int = 2) -> No
             f"decoding, beam {beam}, {len(sentences)} sentences: fp32 {fp32:.1f} sentences/s, "
             + ", ".join(f"{q} {v:.1f} sentences/s = {v / fp32:.2f}x" for q, v in best.items())
         )
+        if bound:
+            print(f"  {product_bound(runs['none'], sentences, beam, len(sentences) / fp32)}")
 
 
 def main() -> None:
@@ -195,7 +215,7 @@ def main() -> None:
     if a.train is None:
         if not (a.run and a.test):
             p.error("give --train SRC TGT, or --run RUN --test FILE (decoding only), or both")
-        decode_speed(a.run, a.test, a.limit)
+        decode_speed(a.run, a.test, a.limit, bound=a.profile)
         return
     rc = recipe(a.preset)
     with tempfile.TemporaryDirectory() as tmp:  # the batches training draws: a store, cut by token budget
@@ -223,7 +243,7 @@ def main() -> None:
     if a.profile:
         profile_steps(cfg, batches, ref_dropout=cfg.dropout, precision=a.precision)
     if a.run and a.test:
-        decode_speed(a.run, a.test, a.limit)
+        decode_speed(a.run, a.test, a.limit, bound=a.profile)
 
 
 if __name__ == "__main__":
