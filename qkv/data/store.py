@@ -151,15 +151,25 @@ def _write_tokens(
 
 
 def _write_text(directory: Path, split: str, pairs: Iterator[tuple[str, str]]) -> dict[str, int]:
-    """Held-out pairs as text, ``SPLIT.src.txt`` and ``SPLIT.tgt.txt``."""
+    """Held-out pairs as text, ``SPLIT.src.txt`` and ``SPLIT.tgt.txt``: one sentence a line, ended by "\n" (a
+    "\n" inside a sentence becomes a space; other line breaks stay, see :func:`_written_lines`)."""
     n = 0
-    with open(directory / f"{split}.src.txt", "w", encoding="utf-8") as fs:
-        with open(directory / f"{split}.tgt.txt", "w", encoding="utf-8") as ft:
+    with open(directory / f"{split}.src.txt", "w", encoding="utf-8", newline="\n") as fs:
+        with open(directory / f"{split}.tgt.txt", "w", encoding="utf-8", newline="\n") as ft:
             for x, y in pairs:
                 fs.write(x.replace("\n", " ") + "\n")
                 ft.write(y.replace("\n", " ") + "\n")
                 n += 1
     return {"pairs": n}
+
+
+def _written_lines(path: Path) -> list[str]:
+    """The sentences of a held-out text file as :func:`_write_text` wrote them: split at "\n" alone, for a
+    sentence may hold "\r", U+2028 and the other breaks that ``splitlines`` and text mode would split at."""
+    lines = path.read_bytes().decode("utf-8").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 def _content_hash(directory: Path) -> str:
@@ -223,7 +233,10 @@ class TokenStore:
         if name not in self.manifest["splits"] or name == "train":
             have = [s for s in self.manifest["splits"] if s != "train"]
             raise QkvError(f"the store {self.path} has no {name} split (it has {', '.join(have)})")
-        src, tgt = ((self.path / f"{name}.{s}.txt").read_text(encoding="utf-8").splitlines() for s in ("src", "tgt"))
+        src, tgt = (_written_lines(self.path / f"{name}.{s}.txt") for s in ("src", "tgt"))
+        if len(src) != len(tgt):
+            counts = f"{len(src)} sources, {len(tgt)} targets"
+            raise QkvError(f"the store {self.path}'s {name} split has {counts}: prepare it again")
         return list(zip(src, tgt, strict=True))
 
     def verify(self) -> None:

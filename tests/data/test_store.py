@@ -117,6 +117,24 @@ def test_damaged_or_foreign_stores_are_one_line(store, files, tmp_path):
         store.split("train")
 
 
+def test_held_out_sentences_with_other_line_breaks_come_back_aligned(store, files, tmp_path):
+    """Sentences may hold line breaks other than "\n" (U+2028, U+2029, \x0b, \x0c, \x1c, \x85, a lone \r):
+    the held-out text comes back pair for pair, as read. (It was read with ``splitlines``, which split at
+    them: more lines than pairs, references shifted against their sources.)"""
+    import json as json_
+
+    pairs = [("ein\u2028hund", "a dog"), ("eine katze", "a\x0bcat\x85"), ("baum\rhaus", "tree\u2029house\x0c")]
+    pairs.append(("x\x1cy", "z"))
+    valid = tmp_path / "valid.jsonl"
+    valid.write_text("".join(json_.dumps({"src": a, "tgt": b}) + "\n" for a, b in pairs), encoding="utf-8")
+    splits = {"train": (str(files / "train.de"), str(files / "train.en")), "valid": (str(valid), None)}
+    again = prepare_store(tmp_path / "s", splits, tokenizers=store.tokenizers)
+    assert again.split("valid") == [(a.strip(), b.strip()) for a, b in pairs]  # (prepare strips each side)
+    (again.path / "valid.tgt.txt").write_text("one\n", encoding="utf-8")  # damaged: fewer targets than sources
+    with pytest.raises(QkvError, match="4 sources, 1 targets: prepare it again"):
+        again.split("valid")
+
+
 def test_given_tokenizers_are_used_and_a_killed_prepare_leaves_nothing(store, files, tmp_path):
     splits = {s: (str(files / f"{s}.de"), str(files / f"{s}.en")) for s in ("train", "valid")}
     again = prepare_store(tmp_path / "again", splits, tokenizers=store.tokenizers)
