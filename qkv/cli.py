@@ -575,9 +575,40 @@ def config_file_family(path: Path) -> str | None:
     return family
 
 
-def _stdin_lines() -> list[str]:
-    """The non-empty lines of stdin."""
-    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+def _utf8(raw: bytes, where: str) -> str:
+    """``raw`` decoded as UTF-8, or a QkvError saying where it is not."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise QkvError(f"{where} is not valid UTF-8 (byte {e.start}); convert the input to UTF-8") from None
+
+
+def _stdin_lines() -> Iterator[str]:
+    """The lines of stdin without their ends, split at "\\n" alone and decoded as UTF-8, as files are read
+    (:func:`qkv.data.iter_lines`), whatever the locale."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream put in stdin's place (a program calling main)
+        yield from (line.rstrip("\n").rstrip("\r") for line in sys.stdin)
+        return
+    for number, raw in enumerate(buffer, start=1):
+        yield _utf8(raw.rstrip(b"\n").rstrip(b"\r"), f"stdin: line {number}")
+
+
+def _stdin_text() -> str:
+    """All of stdin, decoded as UTF-8 whatever the locale."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    return sys.stdin.read() if buffer is None else _utf8(buffer.read(), "stdin")
+
+
+def _texts(texts: Sequence[str]) -> list[str]:
+    """TEXT arguments, checked to be UTF-8: under a C or non-UTF-8 locale other bytes reach Python as
+    surrogates, which no tokenizer takes."""
+    for number, text in enumerate(texts, start=1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise QkvError(f"TEXT argument {number} is not valid UTF-8; convert it to UTF-8") from None
+    return list(texts)
 
 
 def _some_text(lines: Iterable[str], what: str) -> Iterator[str]:
@@ -618,9 +649,9 @@ def cmd_translate(a: argparse.Namespace) -> int:
     run = _load(a)
     _need_translation(run, "translate")
     if a.input is not None:
-        lines: Iterable[str] = itertools.chain(a.text, iter_lines(a.input))
+        lines: Iterable[str] = itertools.chain(_texts(a.text), iter_lines(a.input))
     else:
-        lines = a.text if a.text else (line.rstrip("\n") for line in sys.stdin)
+        lines = _texts(a.text) if a.text else _stdin_lines()
     source, texts = itertools.tee(_some_text(lines, "translate"))
     options = dict(beam=a.beam, alpha=a.alpha, max_len=a.max_len, batch_size=a.batch_size)
     options["early_stopping"] = a.early_stopping
@@ -674,7 +705,7 @@ def cmd_attention(a: argparse.Namespace) -> int:
     if a.output is None and a.format is not None:
         raise QkvError(f"--format {a.format} needs -o FILE to write")
     run = _load(a)
-    text = a.text if a.text is not None else sys.stdin.read().strip()
+    text = _texts([a.text])[0] if a.text is not None else _stdin_text().strip()
     if not text:
         raise QkvError("nothing to read: give TEXT or a sentence on stdin")
     translation = run.config.spec.translation
@@ -730,9 +761,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
     run = _load(a)
     _need(run, "gpt", "generate")
-    prompts = list(a.prompts) + list(a.prompt)
+    prompts = _texts(list(a.prompts) + list(a.prompt))
     if not prompts:
-        prompts = [sys.stdin.read()]
+        prompts = [_stdin_text()]
     opts = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed)
     if len(prompts) == 1 and not a.json:
         sys.stdout.write(prompts[0])
@@ -759,7 +790,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
     run = _load(a)
     _need(run, "bert", "embed")
-    texts = a.text if a.text else _stdin_lines()
+    texts = _texts(a.text) if a.text else [line for line in _stdin_lines() if line.strip()]
     if not texts:
         raise QkvError("nothing to embed: give TEXT arguments or lines on stdin")
     for text, vec in zip(texts, run.embed(texts, normalize=a.normalize), strict=True):
@@ -796,7 +827,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     """``qkv serve``: run the attention explorer until Ctrl-C."""
     from qkv.viz.server import serve
 
-    serve(_load(a), a.host, a.port, example=a.text)
+    serve(_load(a), a.host, a.port, example=None if a.text is None else _texts([a.text])[0])
     return 0
 
 
