@@ -22,6 +22,7 @@ __all__ = [
     "config_to_dict",
     "field_names",
     "parse_override_value",
+    "typed_value",
     "unknown_field",
 ]
 
@@ -58,7 +59,7 @@ def unknown_field(name: str, sections: dict[str, list[str]], section: str | None
     return QkvError(f"unknown {where}: did you mean '{close[0]}' ({' or '.join(owners)})?")
 
 
-def _typed(tp: Any, value: Any, where: str) -> Any:
+def typed_value(tp: Any, value: Any, where: str) -> Any:
     """``value`` as a value of type ``tp`` (ints become floats where a float is asked for), or a QkvError:
     no float or bool where an int is asked for, no number where a string is."""
     args = typing.get_args(tp)
@@ -69,7 +70,7 @@ def _typed(tp: Any, value: Any, where: str) -> Any:
     if tp is float and type(value) in (int, float):
         return float(value)
     if typing.get_origin(tp) is tuple and isinstance(value, list | tuple):
-        return tuple(_typed(a, v, where) for a, v in zip(typing.get_args(tp), value, strict=False))
+        return tuple(typed_value(a, v, where) for a, v in zip(typing.get_args(tp), value, strict=False))
     if tp in (int, bool, str) and type(value) is tp:
         return value
     kind = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
@@ -86,7 +87,7 @@ def config_from_dict(cls: type[C], data: dict[str, Any], section: str) -> C:
         if key not in known:
             raise _unknown(key, known, section)
     hints = typing.get_type_hints(cls)
-    return cls(**{k: _typed(hints[k], v, f"{section}.{k}") for k, v in data.items()})
+    return cls(**{k: typed_value(hints[k], v, f"{section}.{k}") for k, v in data.items()})
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -53,26 +53,35 @@ class SubwordTokenizer:
         tok.train_from_iterator(texts, trainer)
         return cls(tok)
 
-    @classmethod
-    def from_hf_dir(cls, directory: Path, family: str) -> SubwordTokenizer:
-        """The tokenizer of a Hugging Face GPT-2 (``family="gpt"``) or BERT (``"bert"``) directory."""
-        directory = Path(directory)
+    @staticmethod
+    def _hf_tokenizer(directory: Path, family: str) -> Tokenizer:
+        """The ``tokenizers`` tokenizer a Hugging Face directory holds, from whichever files it has."""
         if (directory / "tokenizer.json").exists():
-            tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        elif family == "gpt" and (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
+            return Tokenizer.from_file(str(directory / "tokenizer.json"))
+        if family == "gpt" and (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
             from tokenizers.implementations import ByteLevelSubwordTokenizer
 
-            tok = ByteLevelSubwordTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))._tokenizer
-        elif family == "bert" and (directory / "vocab.txt").exists():
+            return ByteLevelSubwordTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))._tokenizer
+        if family == "bert" and (directory / "vocab.txt").exists():
             from tokenizers.implementations import BertWordPieceTokenizer
 
             lower = True
             cfg_path = directory / "tokenizer_config.json"
             if cfg_path.exists():
                 lower = bool(json.loads(cfg_path.read_text(encoding="utf-8")).get("do_lower_case", True))
-            tok = BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lower)._tokenizer
-        else:
-            raise QkvError(f"{directory} has no tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt)")
+            return BertWordPieceTokenizer(str(directory / "vocab.txt"), lowercase=lower)._tokenizer
+        raise QkvError(f"{directory} has no tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt)")
+
+    @classmethod
+    def from_hf_dir(cls, directory: Path, family: str) -> SubwordTokenizer:
+        """The tokenizer of a Hugging Face GPT-2 (``family="gpt"``) or BERT (``"bert"``) directory."""
+        directory = Path(directory)
+        try:
+            tok = cls._hf_tokenizer(directory, family)
+        except QkvError:
+            raise
+        except Exception as e:  # tokenizers raises its own exception types
+            raise QkvError(f"{directory}'s tokenizer cannot be read ({e})") from None
         tok.no_truncation()  # qkv applies its own length limits (a tokenizer.json may carry others)
         tok.no_padding()
         ids = tok.token_to_id

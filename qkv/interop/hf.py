@@ -26,6 +26,7 @@ from torch import Tensor
 
 from qkv.attention import MultiHeadAttention
 from qkv.checkpoint import load_weights
+from qkv.config import typed_value
 from qkv.errors import QkvError, shown
 from qkv.models.bert import BERT, BERTConfig
 from qkv.models.gpt import GPT, GPTConfig
@@ -95,10 +96,25 @@ def _complete(convert: Any) -> Any:
 
 
 def _activation(config: dict[str, Any], key: str) -> str:
-    act = config.get(key, "gelu")
+    act = hf_value(config, key, str, "gelu")
     if act not in HF_ACTIVATIONS:
         raise QkvError(f"activation {shown(act)} of this checkpoint is not supported ({', '.join(HF_ACTIVATIONS)})")
     return HF_ACTIVATIONS[act]
+
+
+REQUIRED = object()
+
+
+def hf_value(config: dict[str, Any], key: str, kind: type, default: Any = REQUIRED) -> Any:
+    """config.json's ``key`` as a ``kind`` (int, float, bool or str; a whole number is taken where a float is
+    asked for), or ``default`` where it is absent or null; a value of another type is one line naming the
+    key, and so is a required key that is null (a missing one is a KeyError, which :func:`_complete` names)."""
+    value = config.get(key) if default is not REQUIRED else config[key]
+    if value is None:
+        if default is REQUIRED:
+            raise QkvError(f"config.json's {key} is null; a checkpoint of this kind needs it")
+        return default
+    return typed_value(kind, value, f"config.json's {key}")
 
 
 def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -113,15 +129,15 @@ def gpt_config_from_hf(config: dict[str, Any]) -> GPTConfig:
     if config.get("scale_attn_by_inverse_layer_idx") or not config.get("scale_attn_weights", True):
         raise QkvError("GPT-2 checkpoints with non-standard attention scaling are not supported")
     return GPTConfig(
-        vocab_size=config["vocab_size"],
-        max_len=config.get("n_positions", 1024),
-        d_model=config["n_embd"],
-        h=config["n_head"],
-        N=config["n_layer"],
-        d_ff=config.get("n_inner") or 0,
+        vocab_size=hf_value(config, "vocab_size", int),
+        max_len=hf_value(config, "n_positions", int, 1024),
+        d_model=hf_value(config, "n_embd", int),
+        h=hf_value(config, "n_head", int),
+        N=hf_value(config, "n_layer", int),
+        d_ff=hf_value(config, "n_inner", int, 0),
         dropout=0.0,
         activation=_activation(config, "activation_function"),
-        eps=config.get("layer_norm_epsilon", 1e-5),
+        eps=hf_value(config, "layer_norm_epsilon", float, 1e-5),
     )
 
 
@@ -202,18 +218,18 @@ def bert_config_from_hf(config: dict[str, Any], pooler: bool) -> BERTConfig:
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise QkvError("only absolute position embeddings are supported")
     return BERTConfig(
-        vocab_size=config["vocab_size"],
-        max_len=config.get("max_position_embeddings", 512),
-        type_vocab_size=config.get("type_vocab_size", 2),
-        d_model=config["hidden_size"],
-        h=config["num_attention_heads"],
-        N=config["num_hidden_layers"],
-        d_ff=config["intermediate_size"],
-        dropout=config.get("hidden_dropout_prob", 0.1),
-        attention_dropout=config.get("attention_probs_dropout_prob", 0.1),
+        vocab_size=hf_value(config, "vocab_size", int),
+        max_len=hf_value(config, "max_position_embeddings", int, 512),
+        type_vocab_size=hf_value(config, "type_vocab_size", int, 2),
+        d_model=hf_value(config, "hidden_size", int),
+        h=hf_value(config, "num_attention_heads", int),
+        N=hf_value(config, "num_hidden_layers", int),
+        d_ff=hf_value(config, "intermediate_size", int),
+        dropout=hf_value(config, "hidden_dropout_prob", float, 0.1),
+        attention_dropout=hf_value(config, "attention_probs_dropout_prob", float, 0.1),
         activation=_activation(config, "hidden_act"),
-        eps=config.get("layer_norm_eps", 1e-12),
-        pad_id=config.get("pad_token_id", 0) or 0,
+        eps=hf_value(config, "layer_norm_eps", float, 1e-12),
+        pad_id=hf_value(config, "pad_token_id", int, 0),
         pooler=pooler,
     )
 

@@ -26,7 +26,7 @@ from qkv.attention import MultiHeadAttention
 from qkv.checkpoint import load_weights
 from qkv.data.spm import SentencePieceTokenizer
 from qkv.errors import QkvError, shown
-from qkv.interop.hf import read_hf_config, read_hf_dir
+from qkv.interop.hf import hf_value, read_hf_config, read_hf_dir
 from qkv.models.transformer import Transformer, TransformerConfig
 
 __all__ = ["halves_order", "marian_config_from_hf", "marian_from_hf", "marian_to_hf", "marian_tokenizers"]
@@ -43,10 +43,12 @@ CROSS_NAMES = [("cross_attn.out_proj", "encoder_attn.out_proj"), ("norm2", "enco
 ATTENTIONS = {"self_attn": "self_attn", "cross_attn": "encoder_attn"}
 
 
-def _same(config: dict[str, Any], a: str, b: str) -> Any:
-    if config.get(a) != config.get(b, config.get(a)):
-        raise QkvError(f"this Marian model has {a}={config.get(a)} but {b}={config.get(b)}: qkv needs them equal")
-    return config[a]
+def _same(config: dict[str, Any], a: str, b: str) -> int:
+    """The whole number config.json gives both ``a`` and ``b`` (``b`` may be absent)."""
+    value = hf_value(config, a, int)
+    if hf_value(config, b, int, value) != value:
+        raise QkvError(f"this Marian model has {a}={value} but {b}={config.get(b)}: qkv needs them equal")
+    return value
 
 
 def marian_config_from_hf(config: dict[str, Any]) -> TransformerConfig:
@@ -55,26 +57,27 @@ def marian_config_from_hf(config: dict[str, Any]) -> TransformerConfig:
         raise QkvError("this Marian model has scale_embedding=false; qkv scales embeddings by √d_model (the paper)")
     if config.get("normalize_before") or config.get("add_final_layer_norm") or config.get("normalize_embedding"):
         raise QkvError("this Marian model normalizes before its sublayers; qkv reads post-LN Marian models")
-    act = config.get("activation_function", "gelu")
+    act = hf_value(config, "activation_function", str, "gelu")
     if act not in MARIAN_ACTIVATIONS:
         raise QkvError(f"activation_function {shown(act)} is not supported ({', '.join(MARIAN_ACTIVATIONS)})")
-    if config["d_model"] % 2:
-        raise QkvError(f"d_model={config['d_model']} is odd: qkv's sinusoid table needs an even width")
-    shared = config.get("share_encoder_decoder_embeddings", True)
-    vocab = config["vocab_size"]
+    d_model = hf_value(config, "d_model", int)
+    if d_model % 2:
+        raise QkvError(f"d_model={d_model} is odd: qkv's sinusoid table needs an even width")
+    shared = hf_value(config, "share_encoder_decoder_embeddings", bool, True)
+    vocab = hf_value(config, "vocab_size", int)
     return TransformerConfig(
-        d_model=config["d_model"],
+        d_model=d_model,
         h=_same(config, "encoder_attention_heads", "decoder_attention_heads"),
-        N=config["encoder_layers"],
-        N_dec=config["decoder_layers"],
+        N=hf_value(config, "encoder_layers", int),
+        N_dec=hf_value(config, "decoder_layers", int),
         d_ff=_same(config, "encoder_ffn_dim", "decoder_ffn_dim"),
-        dropout=float(config.get("dropout", 0.1)),
-        attention_dropout=float(config.get("attention_dropout", 0.0)),
-        ffn_dropout=float(config.get("activation_dropout", 0.0)),
-        max_len=config.get("max_position_embeddings", 512),
+        dropout=hf_value(config, "dropout", float, 0.1),
+        attention_dropout=hf_value(config, "attention_dropout", float, 0.0),
+        ffn_dropout=hf_value(config, "activation_dropout", float, 0.0),
+        max_len=hf_value(config, "max_position_embeddings", int, 512),
         src_vocab_size=vocab,
-        tgt_vocab_size=vocab if shared else config.get("decoder_vocab_size") or vocab,
-        pad_id=config["pad_token_id"],
+        tgt_vocab_size=vocab if shared else hf_value(config, "decoder_vocab_size", int, vocab),
+        pad_id=hf_value(config, "pad_token_id", int),
         share_embeddings="all" if shared else "decoder",
         activation=MARIAN_ACTIVATIONS[act],
         logits_bias=True,
@@ -161,22 +164,27 @@ def marian_tokenizers(directory: str | Path) -> tuple[SentencePieceTokenizer, Se
 
     def vocab(name: str) -> dict[str, int]:
         try:
-            return json.loads(read(name).decode("utf-8"))
+            pieces = json.loads(read(name).decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise QkvError(f"{d / name} is not valid JSON ({e})") from None
+        ids = pieces.values() if isinstance(pieces, dict) else [None]
+        if not all(type(i) is int and i >= 0 for i in ids):
+            raise QkvError(f"{d / name} must map each piece to its id, a whole number >= 0")
+        return pieces
 
     source, target = read("source.spm"), read("target.spm")
-    separate = (d / "target_vocab.json").exists() or not config.get("share_encoder_decoder_embeddings", True)
+    shared = hf_value(config, "share_encoder_decoder_embeddings", bool, True)
+    separate = (d / "target_vocab.json").exists() or not shared
     src_vocab = vocab("vocab.json")
     tgt_vocab = vocab("target_vocab.json") if separate else src_vocab
     decode_with = target if separate else source  # MarianTokenizer decodes a joint vocabulary with the source model
-    pad = config["pad_token_id"]
+    pad = hf_value(config, "pad_token_id", int)
 
     def specials(v: dict[str, int]) -> dict[str, int]:
         if "<unk>" not in v:
             raise QkvError(f"{d}: the vocabulary has no <unk>")
-        start = config.get("decoder_start_token_id", pad)
-        return {"pad": pad, "bos": start, "eos": config["eos_token_id"], "unk": v["<unk>"]}
+        start = hf_value(config, "decoder_start_token_id", int, pad)
+        return {"pad": pad, "bos": start, "eos": hf_value(config, "eos_token_id", int), "unk": v["<unk>"]}
 
     return (
         SentencePieceTokenizer(source, src_vocab, specials(src_vocab), source),
