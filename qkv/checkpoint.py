@@ -143,7 +143,15 @@ def weights_to_save(model: nn.Module) -> dict[str, Tensor]:
 
 
 def load_weights(model: nn.Module, tensors: dict[str, Tensor], source: str) -> None:
-    """Load ``tensors`` into ``model``; keys missing only because their weight is tied are fine."""
+    """Load ``tensors`` into ``model``; keys missing only because their weight is tied are fine. A weight
+    holding NaN or an infinity (a diverged training, a damaged file) is refused: every verb would give NaN
+    scores or garbage from it."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise QkvError(
+                f"{source}: {name} holds NaN or infinite values (training diverged, or the file is damaged); "
+                "use an earlier checkpoint or train again"
+            )
     try:
         result = model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:  # a tensor of another shape: e.g. a vocabulary size that disagrees

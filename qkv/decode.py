@@ -35,6 +35,7 @@ __all__ = [
     "EncoderDecoder",
     "Hypothesis",
     "beam_search",
+    "check_scores",
     "generate",
     "greedy",
     "length_penalty",
@@ -117,6 +118,16 @@ def next_log_probs(model: EncoderDecoder, prefix: Tensor, memory: Tensor, src_ma
     return torch.log_softmax(logits[:, -1].float(), dim=-1)  # (B, V)
 
 
+def check_scores(scores: Tensor) -> None:
+    """A one-line QkvError when decoding's scores hold NaN (they then rank nothing: a beam search would end
+    with no hypothesis, greedy decoding and sampling would pick arbitrary tokens)."""
+    if bool(torch.isnan(scores).any()):
+        raise QkvError(
+            "the model's scores are NaN: its activations overflow (damaged or diverged weights, or a precision "
+            "too narrow for them); try --precision fp32 or an earlier checkpoint"
+        )
+
+
 def _check_max_len(model: EncoderDecoder, max_len: int) -> None:
     if not 1 <= max_len < model.cfg.max_len:
         raise QkvError(f"max length {max_len} must be between 1 and the model's max_len - 1 ({model.cfg.max_len - 1})")
@@ -170,6 +181,7 @@ def greedy(
             keep = going.nonzero().flatten()  # (B'',) positions of the rows going on
             live, going = live[keep], going[keep]
             memory, src_mask = _keep_rows(keep, memory, src_mask, cache)
+    check_scores(log_prob)  # a NaN at any step stays in its row's sum
     hyps = []
     for b in range(B):
         toks = ys[b, 1 : t + 1].tolist()
@@ -291,6 +303,7 @@ def beam_search(
         base = (torch.arange(n, device=dev) * K)[:, None]  # (B', 1)
         lp = next_log_probs(model, state.ys[:, : state.t + 1], memory, src_mask, cache)  # (B'*K, V)
         top_scores, origin, tok = top_candidates(state.scores, lp, 2 * K)  # (B', 2K): at most K end in <eos>
+        check_scores(top_scores)  # (topk ranks NaN first)
         is_eos = tok == eos_id
         # an <eos> candidate ends a hypothesis only if it ranks among the top K (so beam 1 is greedy)
         state.end(is_eos & torch.isfinite(top_scores) & first_k, base + origin, top_scores, eos_id, norm)
@@ -393,6 +406,7 @@ def generate(
     for t in range(max_new_tokens):
         if suppress:
             logits[:, suppress] = float("-inf")
+        check_scores(logits)
         nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generators=generators)  # (B,)
         for b, tok in enumerate(nxt.tolist()):
             if not done[b]:

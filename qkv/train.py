@@ -141,7 +141,9 @@ def train_step(
     ranks together under DistributedDataParallel (which averages gradients over ``world_size``, hence
     the factor) — so accumulation and data parallelism both equal one big batch. ``loss_fn(model,
     batch)`` gives a batch's summed loss (default: the translation label-smoothed loss). ``minutes`` of
-    training so far set the learning rate under a time budget (:func:`lr_at`).
+    training so far set the learning rate under a time budget (:func:`lr_at`). Gradients that are not finite
+    (without a loss ``scaler``, which skips such steps itself) are a QkvError before the update: the weights
+    never take NaN.
     """
     core = unwrap(model)
     if loss_fn is None:
@@ -168,6 +170,12 @@ def train_step(
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip if cfg.clip > 0 else math.inf))
+    if scaler is None and not math.isfinite(grad_norm):  # (the norm is all-reduced: every rank stops here)
+        raise QkvError(
+            f"training diverged at step {step}: the gradients are not finite (loss {total * world_size / tokens:.4g}); "
+            f"the weights keep the last step's values and the run its last checkpoint: resume with a lower "
+            f"train.lr (now {cfg.lr:g}) or a longer train.warmup (now {cfg.warmup})"
+        )
     if scaler is not None:
         scaler.step(optimizer)  # skipped when a gradient is inf/nan; the scale then shrinks
         scaler.update()

@@ -204,3 +204,36 @@ def test_early_stopping_ends_a_source_once_k_hypotheses_have_ended(which, reques
     for e, x in zip(early, exact, strict=True):
         assert len(e) == 3 and [h.score for h in e] == sorted((h.score for h in e), reverse=True)
         assert e[0].score <= x[0].score + 1e-6  # the exact search never finds worse
+
+
+@pytest.mark.parametrize("how", ["greedy", "beam", "sample"])
+def test_nan_scores_are_one_line_not_an_empty_beam_or_arbitrary_tokens(how):
+    """A model whose activations overflow (a huge weight: a damaged file, or fp16) gives NaN scores. Beam search
+    used to end with no hypothesis (an IndexError); greedy decoding and sampling picked arbitrary tokens."""
+    from qkv.decode import generate
+    from qkv.models import GPT, GPTConfig
+
+    if how == "sample":
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=11, max_len=16, d_model=16, h=2, N=1, dropout=0.0)).eval()
+        decode = lambda: generate(model, [[1, 2, 3]], max_new_tokens=4, seed=0)  # noqa: E731
+    else:
+        model, src = make_model(0)
+        search = greedy if how == "greedy" else lambda m, s: beam_search(m, s, beam=3)
+        decode = lambda: search(model, src)  # noqa: E731
+    decode()  # finite weights: no error
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if n.endswith("w_1.weight"))[0].fill_(1e38)
+    with pytest.raises(QkvError, match="scores are NaN"):
+        decode()
+
+
+def test_weights_holding_nan_or_inf_are_refused_at_load():
+    from qkv.checkpoint import load_weights
+
+    model, _ = make_model(0)
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    load_weights(model, tensors, "ok")
+    tensors["generator.weight"][3, 1] = float("inf")
+    with pytest.raises(QkvError, match=r"x\.safetensors: generator\.weight holds NaN or infinite values"):
+        load_weights(model, tensors, "x.safetensors")

@@ -246,6 +246,25 @@ def test_resuming_keeps_metrics_up_to_the_step_and_drops_damaged_lines(tmp_path)
     assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
 
 
+def test_a_step_with_gradients_that_are_not_finite_is_refused_before_the_update():
+    """Diverged training (NaN loss) stops with one line instead of writing NaN into the weights (and later
+    into a checkpoint, and every evaluation after it)."""
+    torch.manual_seed(0)
+    model_cfg, _, _, batches = _tiny_model_and_batches()
+    cfg = TrainConfig(steps=4, batch_size=4, warmup=1, lr=1e-3)
+    model = build_transformer(model_cfg)
+    optimizer = make_optimizer(model, cfg)
+    train_step(model, optimizer, [batches], cfg, 1)  # finite: a normal step
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.generator.weight[0, 0] = float("nan")
+    with pytest.raises(QkvError, match="training diverged at step 2: the gradients are not finite"):
+        train_step(model, optimizer, [batches], cfg, 2)
+    after = model.state_dict()
+    poisoned = model.generator.weight.data_ptr()  # (and the embeddings tied to it)
+    assert all(torch.equal(after[k], v) for k, v in before.items() if after[k].data_ptr() != poisoned)
+
+
 def test_resume_checks(tmp_path, tiny_overrides):
     over = [o for o in tiny_overrides if not o.startswith(("steps=", "eval_every="))] + ["steps=8", "eval_every=4"]
     run = tmp_path / "r"
