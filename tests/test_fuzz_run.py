@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+from fuzz_values import JSON_VALUES  # tests/fuzz_values.py
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,16 +25,6 @@ FILES = (
     "metrics.jsonl",
     "summary.json",
 )
-VALUES = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-3, 300),
-    st.floats(-2, 300),
-    st.sampled_from([float("nan"), float("inf")]),
-    st.text(max_size=12),
-    st.lists(st.integers(-3, 9), max_size=3),
-    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
-)
 
 
 def _snapshot(run: Path) -> dict[str, bytes]:
@@ -45,7 +36,7 @@ def damage(draw: st.DrawFn) -> tuple:
     """One change: (config.json, section, field or a new key, JSON value) or (file, cut at, bytes put there)."""
     if draw(st.booleans()):
         section = draw(st.sampled_from(["model", "train", "task", "family", None]))
-        return ("config", section, draw(st.text(min_size=1, max_size=8) | st.just("")), draw(VALUES))
+        return ("config", section, draw(st.text(min_size=1, max_size=8) | st.just("")), draw(JSON_VALUES))
     name = draw(st.sampled_from(FILES))
     return ("bytes", name, draw(st.floats(0, 1)), draw(st.binary(max_size=16)), draw(st.booleans()))
 

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fuzz_values import JSON_VALUES  # tests/fuzz_values.py
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,16 +18,6 @@ from qkv.cli import main
 
 pytest.importorskip("transformers")
 
-VALUES = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-3, 3000),
-    st.floats(-2, 300),
-    st.sampled_from([float("nan"), float("inf")]),
-    st.text(max_size=10),
-    st.lists(st.integers(-3, 9), max_size=3),
-    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
-)
 FILES = {
     "marian": ("config.json", "generation_config.json", "tokenizer_config.json", "vocab.json", "target_vocab.json"),
     "gpt": ("config.json", "tokenizer.json"),
@@ -42,8 +33,9 @@ VERBS = {
 @pytest.fixture(scope="module")
 def hf_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A small directory of each kind `qkv convert` reads."""
+    from marian_dirs import make_marian_dir  # tests/marian_dirs.py
+
     from tests.interop.test_hf import BERT_SHAPES, GPT_SHAPES, _write_tokenizer, hf_bert, hf_gpt
-    from tests.marian_dirs import make_marian_dir
 
     dirs = {"marian": make_marian_dir(tmp_path_factory.mktemp("marian") / "m", "separate-gelu")}
     dirs["gpt"], dirs["bert"] = tmp_path_factory.mktemp("gpt"), tmp_path_factory.mktemp("bert")
@@ -58,7 +50,7 @@ def hf_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def damage(draw: st.DrawFn) -> tuple[str, str, str, object]:
     """(kind, file, a key of it or a new one, its new value)."""
     kind = draw(st.sampled_from(sorted(FILES)))
-    return kind, draw(st.sampled_from(FILES[kind])), draw(st.text(max_size=30)), draw(VALUES)
+    return kind, draw(st.sampled_from(FILES[kind])), draw(st.text(max_size=30)), draw(JSON_VALUES)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
