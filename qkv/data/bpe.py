@@ -15,7 +15,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from qkv.data.vocab import SPECIALS, Vocab
-from qkv.errors import QkvError
+from qkv.errors import QkvError, not_text
 
 __all__ = ["SubwordTokenizer", "load_tokenizer"]
 
@@ -98,11 +98,17 @@ class SubwordTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids (no special tokens added)."""
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        try:
+            return self.tokenizer.encode(text, add_special_tokens=False).ids
+        except TypeError:  # not a str, or a lone surrogate
+            raise not_text([text]) from None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Many texts at once (parallel in Rust)."""
-        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        try:
+            return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+        except TypeError:
+            raise not_text(list(texts)) from None
 
     def decode(self, ids: list[int]) -> str:
         """Ids -> detokenized text, stopping at <eos>."""

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qkv.errors import QkvError
+from qkv.errors import QkvError, not_text
 
 __all__ = ["SentencePieceTokenizer"]
 
@@ -57,7 +57,10 @@ class SentencePieceTokenizer:
         code: list[str] = []
         if text.startswith(">>") and (end := text.find("<<")) != -1:
             code, text = [text[: end + 2]], text[end + 2 :]
-        return code + self._sp.encode(text, out_type=str)
+        try:
+            return code + self._sp.encode(text, out_type=str)
+        except (TypeError, RuntimeError):  # a lone surrogate fails pybind11's cast to a C++ string
+            raise not_text([text]) from None
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids (no <eos> added)."""

@@ -151,7 +151,7 @@ def create_app(
             return _error(422, "type a sentence first")
         if len(text) > max_chars:
             return _error(413, f"input of {len(text)} characters is over the limit of {max_chars}")
-        if not isinstance(beam, int) or not 1 <= beam <= 8:
+        if type(beam) is not int or not 1 <= beam <= 8:  # (true is not a beam width)
             return _error(422, "beam must be a whole number from 1 to 8")
         try:
             maps = run.attention(text, beam=beam) if translation else run.attention(text)

@@ -113,3 +113,14 @@ def test_damaged_gzip_is_one_line(tmp_path):
     bad.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(QkvError, match=r"cut\.gz is a damaged gzip file"):
         read_parallel(bad)
+
+
+def test_a_text_that_is_not_utf8_is_one_line_not_a_tokenizer_exception():
+    """Bytes that were not UTF-8, decoded with surrogateescape, reach the tokenizer as lone surrogates; the
+    tokenizers library raised a TypeError ("TextInputSequence must be str"): now one QkvError saying which."""
+    tok = SubwordTokenizer.train_bpe(SRC + TGT, vocab_size=120, min_frequency=1)
+    with pytest.raises(QkvError, match=r"the text holds '\\udcff', a lone surrogate"):
+        tok.encode("ein \udcff hund")
+    with pytest.raises(QkvError, match=r"text 2 holds '\\ud800', a lone surrogate"):
+        tok.encode_batch(["ein hund", "a \ud800"])
+    assert tok.encode_batch(["ein hund"]) == [tok.encode("ein hund")]

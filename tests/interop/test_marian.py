@@ -50,6 +50,12 @@ def test_token_ids_and_texts_equal_marian_tokenizers(marian_dir, converted):
     )
 
 
+def test_a_lone_surrogate_is_one_line_for_sentencepiece(converted):
+    """sentencepiece's binding failed to cast such a text (a RuntimeError): now one QkvError."""
+    with pytest.raises(QkvError, match="a lone surrogate"):
+        converted.translate(["ein \udcff hund"])
+
+
 def test_encoder_outputs_and_logits_equal_transformers(marian_dir, converted):
     model, tok = hf_pair(marian_dir)
     texts = sentences(16, 3)[:16]

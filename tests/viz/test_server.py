@@ -76,6 +76,9 @@ def test_caps_body_and_input(client):
     assert client.post("/api/attention", content=b"{bad").status_code == 400
     assert client.post("/api/attention", json={"text": "  "}).status_code == 422
     assert client.post("/api/attention", json={"text": "abc", "beam": 99}).status_code == 422
+    assert client.post("/api/attention", json={"text": "abc", "beam": True}).status_code == 422  # not a width
+    res = client.post("/api/attention", content=b'{"text": "a\\ud800b"}')  # valid JSON, not Unicode text
+    assert res.status_code == 422 and "error" in res.json()
 
 
 def test_never_opens_a_path_named_by_a_request(client, monkeypatch):
