@@ -16,6 +16,7 @@ Shapes: B sentences, K beams, S source length, V target vocabulary.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -96,8 +97,9 @@ class DecodeConfig(ConfigBase):
         s = "decode"
         check(self.penalty in PENALTIES, s, "penalty", self.penalty, f"choose {' or '.join(PENALTIES)}")
         check(1 <= self.beam <= MAX_BEAM, s, "beam", self.beam, f"must be from 1 to {MAX_BEAM}")
-        check(self.alpha >= 0, s, "alpha", self.alpha, "must be >= 0 (0 = no length penalty)")
-        check(self.max_len_a >= 0, s, "max_len_a", self.max_len_a, "must be >= 0")
+        alpha_ok = math.isfinite(self.alpha) and self.alpha >= 0
+        check(alpha_ok, s, "alpha", self.alpha, "must be a number >= 0 (0 = no length penalty)")
+        check(math.isfinite(self.max_len_a) and self.max_len_a >= 0, s, "max_len_a", self.max_len_a, "must be >= 0")
         check(self.max_len_b >= 0, s, "max_len_b", self.max_len_b, "must be >= 0")
         check(self.max_len_a > 0 or self.max_len_b > 0, s, "max_len_b", self.max_len_b, "a or b must be > 0")
 
@@ -277,8 +279,8 @@ def beam_search(
         raise QkvError(f"length penalty {penalty!r}: choose {' or '.join(PENALTIES)}")
     if not 1 <= beam <= MAX_BEAM:
         raise QkvError(f"beam width must be from 1 to {MAX_BEAM} (got {beam}); 4 to 10 is usual")
-    if alpha < 0:
-        raise QkvError(f"length penalty alpha must be >= 0 (got {alpha})")
+    if not (math.isfinite(alpha) and alpha >= 0):  # (NaN would rank every ended hypothesis arbitrarily)
+        raise QkvError(f"length penalty alpha must be a number >= 0 (got {alpha})")
     max_len = default_max_len(model, src) if max_len is None else max_len
     _check_max_len(model, max_len)
     B, K, dev = src.size(0), beam, src.device

@@ -237,3 +237,24 @@ def test_weights_holding_nan_or_inf_are_refused_at_load():
     tensors["generator.weight"][3, 1] = float("inf")
     with pytest.raises(QkvError, match=r"x\.safetensors: generator\.weight holds NaN or infinite values"):
         load_weights(model, tensors, "x.safetensors")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.5])
+def test_a_length_penalty_that_is_not_a_number_at_least_0_is_refused(bad):
+    """alpha NaN passed the old check (NaN < 0 is false) and ranked every ended hypothesis arbitrarily."""
+    from qkv.decode import DecodeConfig
+
+    model, src = make_model(0)
+    with pytest.raises(QkvError, match="alpha must be a number >= 0"):
+        beam_search(model, src, beam=2, alpha=bad)
+    with pytest.raises(QkvError, match="alpha"):
+        DecodeConfig(beam=2, alpha=bad)
+
+
+def test_a_temperature_that_is_not_a_number_at_least_0_is_refused(family_runs):
+    import qkv
+
+    run = qkv.load(family_runs["gpt"])
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(QkvError, match="temperature must be a number >= 0"):
+            run.generate("To", max_new_tokens=2, temperature=bad)

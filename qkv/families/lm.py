@@ -6,6 +6,7 @@ Shapes: B texts, T tokens, V vocabulary, d_model width.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +193,8 @@ class GPTRun(LMRun):
         """Continue each prompt; returns the new text of each. ``on_text`` receives the first prompt's
         text piece by piece as it is generated (streaming)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if temperature < 0:
-            raise QkvError(f"temperature must be >= 0 (got {temperature}); 0 means greedy")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise QkvError(f"temperature must be a number >= 0 (got {temperature}); 0 means greedy")
         if top_k is not None and top_k < 1:
             raise QkvError(f"top_k must be >= 1 (got {top_k})")
         if top_p is not None and not 0 < top_p <= 1:
