@@ -10,6 +10,7 @@ translation run decodes by default).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ class TrainConfig:
         check(self.steps >= 1, s, "steps", self.steps, "must be >= 1")
         check(self.batch_size >= 1, s, "batch_size", self.batch_size, "must be >= 1")
         check(self.accum >= 1, s, "accum", self.accum, "must be >= 1")
-        check(self.lr > 0, s, "lr", self.lr, "must be > 0")
+        check(0 < self.lr < math.inf, s, "lr", self.lr, "must be a number > 0")
         check(self.schedule in SCHEDULES, s, "schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
         check(self.warmup >= 0, s, "warmup", self.warmup, "must be >= 0")
         check(self.schedule != "noam" or self.warmup > 0, s, "warmup", self.warmup, "noam needs warmup > 0")

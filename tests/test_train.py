@@ -182,6 +182,9 @@ def test_overrides_parse_and_fail_clearly():
         RunConfig().with_overrides(["schedule=linear"])
     with pytest.raises(QkvError, match="cannot change when resuming"):
         RunConfig().with_overrides(["d_model=64"], sections=("train",))
+    for lr in ("inf", "nan", "0"):  # an infinite rate passed the old "> 0" check: NaN weights after one step
+        with pytest.raises(QkvError, match="train.lr=.*must be a number > 0"):
+            RunConfig().with_overrides([f"lr={lr}"])
 
 
 def _qkv_train(*args: str) -> subprocess.Popen:
