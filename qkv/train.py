@@ -460,7 +460,7 @@ class Trainer:
         t_start = time.perf_counter() - self.elapsed
         self._last_save = time.perf_counter()
         last_eval, time_up, self.clock = self.elapsed, self._time_up(), self.elapsed
-        with _StopFlag() as flag:
+        with _StopFlag() as flag, contextlib.closing(self.log):  # (the bar and event files close on errors too)
             while self.step < last and not time_up:
                 stats, nll = self.train_one_step()
                 self.elapsed = time.perf_counter() - t_start
@@ -479,7 +479,6 @@ class Trainer:
                     self.checkpoint()
                 if stop_now:
                     break
-        self.log.close()
         if time_up and self.step < tc.steps:
             self.say(f"qkv: {tc.max_minutes:g} minutes of training reached at step {self.step}")
         elif self.step < tc.steps:
