@@ -8,8 +8,10 @@ error; serves only its own fixed files — no path or URL from a request is ever
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import socket
 from importlib import resources
 from typing import Any
 
@@ -192,7 +194,29 @@ def serve(run: Any, host: str = "127.0.0.1", port: int = 8000, *, example: str |
 
     if not 0 < port < 65536:
         raise QkvError(f"--port {port} is not a port number: choose one from 1 to 65535")
+    sock = _bound_socket(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"qkv: warning: serving on {host} makes the explorer reachable from other machines")
     print(f"qkv: attention explorer for {run.path} at http://{host}:{port}/  (Ctrl-C to stop)")
-    uvicorn.run(create_app(run, host=host, example=example), host=host, port=port, log_level="warning")
+    config = uvicorn.Config(create_app(run, host=host, example=example), log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one line saying why not (a port in use, a host not of this
+    machine) — before anything is announced, rather than uvicorn's own error after it."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise QkvError(f"cannot serve on {host}: {e.strerror or e}; give --host an address of this machine") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        busy = e.errno == errno.EADDRINUSE
+        fix = "choose another --port, or stop what uses it" if busy else "give --host an address of this machine"
+        raise QkvError(f"cannot serve on {host}:{port}: {e.strerror or e}; {fix}") from None
+    return sock

@@ -127,3 +127,28 @@ def test_the_page_opens_with_the_given_text(tiny_run, monkeypatch):
     monkeypatch.setattr(server, "serve", lambda run, host, port, *, example: seen.update(example=example, port=port))
     assert main(["serve", str(tiny_run), "--text", "abc", "--port", "8123"]) == 0
     assert seen == {"example": "abc", "port": 8123}
+
+
+def test_a_port_in_use_or_a_host_not_of_this_machine_is_one_line_before_anything_is_announced():
+    """uvicorn announced the explorer, then printed its own error and exited 3; now serve binds first."""
+    import socket
+
+    from qkv.errors import QkvError
+    from qkv.viz.server import _bound_socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(QkvError, match=f"cannot serve on 127.0.0.1:{port}: .*choose another --port"):
+            _bound_socket("127.0.0.1", port)
+    finally:
+        taken.close()
+    with pytest.raises(QkvError, match="give --host an address of this machine"):
+        _bound_socket("nosuchhost.invalid", 8000)
+    free = _bound_socket("127.0.0.1", 0)  # a free port: a listening socket for uvicorn
+    try:
+        assert free.getsockname()[0] == "127.0.0.1"
+    finally:
+        free.close()
