@@ -47,6 +47,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "average_weights",
+    "check_output_file",
     "checkpoint_step",
     "has_checkpoint",
     "keep_weights",
@@ -140,6 +141,15 @@ def weights_to_save(model: nn.Module) -> dict[str, Tensor]:
         seen.add(key)
         out[name] = t.detach().contiguous().cpu()
     return out
+
+
+def check_output_file(path: Path) -> None:
+    """A one-line QkvError unless ``path`` can be written as a file: its directory exists and it is not
+    itself a directory (found before the work that would fill it, not after)."""
+    if path.is_dir():
+        raise QkvError(f"cannot write {path}: it is a directory; give a file name")
+    if not path.parent.is_dir():
+        raise QkvError(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
 
 
 def load_weights(model: nn.Module, tensors: dict[str, Tensor], source: str) -> None:

@@ -630,11 +630,16 @@ def _output(path: Path | None) -> Iterator[TextIO]:
     if path is None:
         yield sys.stdout
         return
-    if not path.parent.is_dir():
-        raise QkvError(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
+    from qkv.checkpoint import check_output_file
+
+    check_output_file(path)
     partial = path.with_name(path.name + ".partial")
     try:
-        with open(partial, "w", encoding="utf-8") as f:
+        try:
+            f = open(partial, "w", encoding="utf-8")
+        except OSError as e:
+            raise QkvError(f"cannot write {path}: {e.strerror or e}") from None
+        with f:
             yield f
         os.replace(partial, path)
     finally:

@@ -448,6 +448,8 @@ def test_more_bad_inputs_are_one_line(tiny_run, tmp_path, capsys):
             ["attention", str(tiny_run), "abc", "-o", str(tmp_path / "no" / "dir" / "a.png")],
             "does not exist; create it",
         ),
+        (["attention", str(tiny_run), "abc", "--format", "json", "-o", str(tmp_path)], "it is a directory"),
+        (["translate", str(tiny_run), "abc", "-o", str(tmp_path)], "it is a directory"),  # (was an internal error)
         (["attention", str(tiny_run), "abc"], "nothing to write: give -o FILE"),
         (["attention", str(tiny_run), "abc", "--stats", "--format", "html"], "--format html needs -o FILE"),
         (["attention", str(tiny_run), "abc", "--stats", "--kind", "self"], "no 'self' attention"),

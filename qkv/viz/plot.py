@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
+from qkv.checkpoint import check_output_file
 from qkv.errors import QkvError, shown
 from qkv.viz.maps import KINDS, AttentionMaps
 
@@ -63,8 +64,7 @@ def save_attention(
     if head not in ("all", "mean") and not head.isdigit():
         raise QkvError(f"--head must be a head number, 'mean' or 'all' (got {shown(head)})")
     maps.check(kind or maps.default_kind, layer)
-    if not path.parent.is_dir():
-        raise QkvError(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
+    check_output_file(path)
     if fmt == "json":
         path.write_text(json.dumps(maps.to_dict(kind, layer, head)), encoding="utf-8")
         return path
