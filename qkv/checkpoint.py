@@ -53,6 +53,7 @@ __all__ = [
     "keep_weights",
     "kept_steps",
     "load_weights",
+    "make_directory",
     "new_directory",
     "read_json",
     "recover",
@@ -376,6 +377,15 @@ def average_weights(paths: list[Path]) -> dict[str, Tensor]:
     return sums
 
 
+def make_directory(path: Path, flag: str = "--out") -> None:
+    """``mkdir -p path``, or one line saying why not (a file where a directory of the path should be, no
+    permission)."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QkvError(f"cannot create the directory {path}: {e.strerror or e}; choose another {flag}") from None
+
+
 @contextlib.contextmanager
 def new_directory(out: Path, flag: str = "--out") -> Iterator[Path]:
     """Write a new directory ``out`` all at once: yields a temporary sibling to fill, renamed to ``out``
@@ -383,7 +393,7 @@ def new_directory(out: Path, flag: str = "--out") -> Iterator[Path]:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QkvError(f"{out} already exists and is not empty; choose another {flag}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(out.parent, flag)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield tmp

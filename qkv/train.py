@@ -36,6 +36,7 @@ from qkv.checkpoint import (
     load_model_tensors,
     load_trainer_state,
     load_weights,
+    make_directory,
     recover,
     save_checkpoint,
 )
@@ -200,7 +201,7 @@ def _prepare_out_dir(out: Path) -> None:
             return
     if out.exists():
         raise QkvError(f"{out} already exists and is not empty; resume it with --resume {out} or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out)
 
 
 class _StopFlag:

@@ -443,6 +443,8 @@ def test_a_damaged_config_is_one_line(tiny_run, tmp_path, capsys, section, field
 def test_more_bad_inputs_are_one_line(tiny_run, tmp_path, capsys):
     from qkv.cli import main
 
+    (tmp_path / "a-file").write_text("in the way of a directory\n")  # (--out below it was an internal error)
+
     cases = [
         (
             ["attention", str(tiny_run), "abc", "-o", str(tmp_path / "no" / "dir" / "a.png")],
@@ -450,6 +452,8 @@ def test_more_bad_inputs_are_one_line(tiny_run, tmp_path, capsys):
         ),
         (["attention", str(tiny_run), "abc", "--format", "json", "-o", str(tmp_path)], "it is a directory"),
         (["translate", str(tiny_run), "abc", "-o", str(tmp_path)], "it is a directory"),  # (was an internal error)
+        (["train", "reverse", "--out", str(tmp_path / "a-file" / "run")], "cannot create the directory"),
+        (["export", str(tiny_run), "--out", str(tmp_path / "a-file" / "hf")], "cannot create the directory"),
         (["attention", str(tiny_run), "abc"], "nothing to write: give -o FILE"),
         (["attention", str(tiny_run), "abc", "--stats", "--format", "html"], "--format html needs -o FILE"),
         (["attention", str(tiny_run), "abc", "--stats", "--kind", "self"], "no 'self' attention"),

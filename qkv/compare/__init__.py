@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from qkv.checkpoint import make_directory
 from qkv.compare import experiments, report
 from qkv.compare.sizes import SIZES, CompareConfig
 from qkv.devices import resolve_device
@@ -109,7 +110,7 @@ def run_comparison(
     where = resolve_device(device)
     if (out / "results.json").exists():
         raise QkvError(f"{out} already holds a comparison; choose another --out or remove it")
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out)
     workspace = Workspace(cfg, out / "runs", log, data, where)
     results: dict[str, Any] = {
         "sizes_name": name,
