@@ -461,6 +461,8 @@ def test_more_bad_inputs_are_one_line(tiny_run, tmp_path, capsys):
         (["attention", str(tiny_run), "abc", "--stats", "--head", "9"], "head 9 does not exist"),
         (["attention", str(tiny_run), "abc", "--stats", "--head", "x"], "--head must be a head number"),
         (["translate", str(tiny_run), "abc", "--beam", "100000"], "beam width must be from 1 to 64"),
+        # an error about the options, not about a line, names no line (it read "line 1: …")
+        (["translate", str(tiny_run), "abc", "--beam", "2", "--alpha", "nan"], "qkv: error: length penalty alpha"),
         (["translate", str(tiny_run), "abc", "--batch-size", "0"], "batch size must be >= 1"),
         (["train", "reverse", "save_every=-1", "--print-config"], "invalid train.save_every=-1"),
         (["train", "reverse", "keep_last=-2", "--print-config"], "invalid train.keep_last=-2"),

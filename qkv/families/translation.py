@@ -264,18 +264,21 @@ class TranslationRun(Run):
             try:
                 outs = iter(self.translate(texts, batch_size=batch_size, **options)) if texts else iter(())
             except QkvError as e:
-                raise QkvError(f"line {start + self._first_bad(block) - 1}: {e}") from None
+                bad = self._first_bad(block)
+                if bad is None:  # about the options (a beam width, a length penalty), not a line
+                    raise
+                raise QkvError(f"line {start + bad - 1}: {e}") from None
             yield from (next(outs) if t.strip() else "" for t in block)
 
-    def _first_bad(self, block: list[str]) -> int:
-        """The 1-based position in ``block`` of the first line the model cannot read."""
+    def _first_bad(self, block: list[str]) -> int | None:
+        """The 1-based position in ``block`` of the first line the model cannot read (None: it reads all)."""
         for i, text in enumerate(block, start=1):
             try:
                 if text.strip():
                     self.encode_source([text])
             except QkvError:
                 return i
-        return 1
+        return None
 
     def evaluate(
         self,
