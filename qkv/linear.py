@@ -14,9 +14,9 @@ Three paths compute the same thing (the third approximately):
   product (``torch.ops.quantized.linear_dynamic``: PyTorch's dynamic quantization). A quarter of the
   bytes per weight, for CPU inference that is bound by reading them. On CPUs with AMX, large products
   (:func:`int8_engine`: at least :data:`ONEDNN_INT8_ROWS` rows and :data:`ONEDNN_INT8_MACS`
-  multiply-adds) run oneDNN's int8 kernel on a second packed copy instead, with the same quantization,
-  1.2–4.5× faster than fbgemm there (``benchmarks/int8_engines.py``); oneDNN prepares a kernel, about
-  1 ms, for each new row count (kept in its cache). On CPUs where that product would
+  multiply-adds) run oneDNN's int8 kernel on a second packed copy instead, with the same quantization:
+  up to 7× fbgemm's speed there, 1.1–1.9× on most of those products (``benchmarks/int8_engines.py``);
+  oneDNN prepares a kernel, about 1 ms, for each new row count (kept in its cache). On CPUs where that product would
   saturate at full-range weights (AVX2 without VNNI), the weights take 7 bits (:func:`int8_weight_max`).
   The input's one scale per call is what costs precision, and a few input channels of trained models
   (BERT's, after a LayerNorm or a GELU) are 10–20× larger than the rest: with ``outliers``
@@ -227,8 +227,9 @@ def _int8_pack(w: Tensor, bias: Tensor | None, qmax: int | None = None, *, engin
 
 
 # Where oneDNN's int8 product beats fbgemm's on a 2-core AMX Xeon (benchmarks/int8_engines.py, ratios of
-# the two side by side): from about 2^25 multiply-adds per call (1.2–2.7× at 64–320 rows of the Multi30k
-# model's 1024×256 and 8000×256 maps, 1.5–3.5× on GPT-2's), and not below 32 rows, where fbgemm is up to
+# the two side by side): from about 2^25 multiply-adds per call (1.09–1.44× at 128–320 rows of the Multi30k
+# model's 1024×256 map, 1.4–7× of its 8000×256 output projection, 1.2–3.6× on GPT-2's maps; 0.9× on its
+# 256×1024 at 128–320 rows, which one simple rule accepts), and not below 32 rows, where fbgemm is up to
 # 3× faster whatever the size (batch-1 decoding).
 ONEDNN_INT8_ROWS = 32
 ONEDNN_INT8_MACS = 1 << 25
