@@ -228,9 +228,9 @@ def _int8_pack(w: Tensor, bias: Tensor | None, qmax: int | None = None, *, engin
 
 # Where oneDNN's int8 product beats fbgemm's on a 2-core AMX Xeon (benchmarks/int8_engines.py, ratios of
 # the two side by side): from about 2^25 multiply-adds per call (1.09–1.44× at 128–320 rows of the Multi30k
-# model's 1024×256 map, 1.4–7× of its 8000×256 output projection, 1.1–3.8× on GPT-2's maps; 0.9× on its
-# 256×1024 at 128–320 rows, which one simple rule accepts), and not below 32 rows, where fbgemm is up to
-# 3× faster whatever the size (batch-1 decoding).
+# model's 1024×256 map, 1.4–7× of its 8000×256 output projection, 1.1–3.8× on GPT-2's maps; 0.9× on the
+# Multi30k model's 256×1024 at 128–320 rows, which one simple rule accepts), and not below 32 rows, where
+# fbgemm is up to 3× faster whatever the size (batch-1 decoding).
 ONEDNN_INT8_ROWS = 32
 ONEDNN_INT8_MACS = 1 << 25
 
