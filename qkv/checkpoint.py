@@ -54,6 +54,7 @@ __all__ = [
     "kept_steps",
     "load_weights",
     "make_directory",
+    "metric_rows",
     "new_directory",
     "read_json",
     "recover",
@@ -115,20 +116,24 @@ def read_json(path: Path) -> Any:
         raise QkvError(f"{path} is corrupt ({e}); restore it or train a new run") from None
 
 
+def metric_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(line, row) for each line of a metrics.jsonl file that is a JSON object; damaged lines (a torn last
+    line, other JSON) are skipped."""
+    if not path.exists():
+        return
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            yield line, row
+
+
 def read_metrics(run: Path, kind: str = "eval") -> list[dict[str, Any]]:
     """The rows of a run's metrics.jsonl of one ``kind`` (rows written before kinds existed are "eval");
     a damaged line is skipped."""
-    path = Path(run) / "metrics.jsonl"
-    rows = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and row.get("kind", "eval") == kind:
-                rows.append(row)
-    return rows
+    return [row for _, row in metric_rows(Path(run) / "metrics.jsonl") if row.get("kind", "eval") == kind]
 
 
 def weights_to_save(model: nn.Module) -> dict[str, Tensor]:

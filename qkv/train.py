@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import shutil
 import signal
@@ -37,6 +36,7 @@ from qkv.checkpoint import (
     load_trainer_state,
     load_weights,
     make_directory,
+    metric_rows,
     recover,
     save_checkpoint,
 )
@@ -242,12 +242,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        logged = row.get("step", 0) if isinstance(row, dict) else None
+    for line, row in metric_rows(path):
+        logged = row.get("step", 0)
         if isinstance(logged, (int, float)) and not isinstance(logged, bool) and logged <= step:
             keep.append(line)
     atomic_write_bytes(path, ("".join(k + "\n" for k in keep)).encode())

@@ -231,9 +231,7 @@ class TranslationRun(Run):
         the run's ``decode`` config (its preset's way of decoding)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         d = self.config.decode
-        beam = d.beam if beam is None else beam
-        given = {"alpha": alpha, "early_stopping": early_stopping}
-        search = d.search() | {k: v for k, v in given.items() if v is not None}
+        beam, search = self._decoding(beam, alpha, early_stopping)
         if batch_size is None:
             batch_size = max(1, DECODE_ROWS // max(beam, 1))
         elif batch_size < 1:
@@ -314,10 +312,17 @@ class TranslationRun(Run):
                 f"{src} has {len(sources):,} lines but {ref} has {len(refs):,}; they must be aligned line by line"
             )
         hyps = self.translate(sources, beam=beam, alpha=alpha, early_stopping=early_stopping)
+        beam, search = self._decoding(beam, alpha, early_stopping)
+        return {"n": len(refs), "beam": beam, "early_stopping": search["early_stopping"], **bleu_scores(hyps, refs)}
+
+    def _decoding(
+        self, beam: int | None, alpha: float | None, early_stopping: bool | None
+    ) -> tuple[int, dict[str, Any]]:
+        """The beam width and beam search's options (:meth:`DecodeConfig.search`) to decode with: those given,
+        the run's ``decode`` config's for the rest."""
         d = self.config.decode
-        how = {"beam": d.beam if beam is None else beam}
-        how["early_stopping"] = d.early_stopping if early_stopping is None else early_stopping
-        return {"n": len(refs), **how, **bleu_scores(hyps, refs)}
+        given = {"alpha": alpha, "early_stopping": early_stopping}
+        return d.beam if beam is None else beam, d.search() | {k: v for k, v in given.items() if v is not None}
 
     def examples(self, split: str, n: int = 5) -> list[tuple[str, str, str]]:
         """(source, reference, translation) of the first ``n`` pairs of a held-out split."""
